@@ -1,0 +1,164 @@
+#!/usr/bin/env node
+// The `tcp-replicator` command. Usage errors exit 2 with a message and change nothing; runtime
+// failures exit 1. Machine-readable results (lab up/down/kill/list) go to stdout as JSON, logs to
+// stderr, so scripts can parse stdout directly.
+import { parseArgs, type ParseArgsConfig } from "node:util";
+import { labDown, labExec, labKill, labUp, listLabs, readState, validateFaultMode } from "../lab/lab.js";
+import { LabUsageError, labSummary, validateLabName, validateReplicaCount, validateService } from "../lab/topology.js";
+import { PingOptionError, pingPong, validatePingOptions } from "../lab/pingpong.js";
+
+export class UsageError extends Error {}
+
+const USAGE = `usage:
+  tcp-replicator lab up [--name NAME] [--replicas N] [--service echo|redis|http]
+  tcp-replicator lab down --name NAME
+  tcp-replicator lab exec --name NAME ROLE -- CMD [ARG...]
+  tcp-replicator lab kill --name NAME TARGET --mode process|freeze|link|host
+  tcp-replicator lab list
+  tcp-replicator lab status --name NAME
+  tcp-replicator ping --host HOST --port PORT [--count N] [--size BYTES] [--interval-ms MS]
+`;
+
+function parse<T extends NonNullable<ParseArgsConfig["options"]>>(args: string[], options: T, positionals = 0) {
+  let parsed;
+  try {
+    parsed = parseArgs({ args, options, strict: true, allowPositionals: positionals > 0 });
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  if (parsed.positionals.length > positionals) {
+    throw new UsageError(`unexpected argument ${JSON.stringify(parsed.positionals[positionals])}`);
+  }
+  return parsed;
+}
+
+function requireRoot(): void {
+  if (process.getuid?.() !== 0) throw new UsageError("the lab needs root (network namespaces, nftables)");
+}
+
+function requireName(name: string | undefined): string {
+  if (name === undefined) throw new UsageError("--name NAME is required");
+  return validateLabName(name);
+}
+
+function print(obj: unknown): void {
+  process.stdout.write(JSON.stringify(obj) + "\n");
+}
+
+async function labCommand(sub: string | undefined, rest: string[]): Promise<number> {
+  switch (sub) {
+    case "up": {
+      const { values } = parse(rest, {
+        name: { type: "string", default: "lab" },
+        replicas: { type: "string", default: "2" },
+        service: { type: "string", default: "echo" },
+      });
+      // Validate everything before touching the system.
+      const name = validateLabName(values.name);
+      const replicas = validateReplicaCount(values.replicas);
+      const service = validateService(values.service);
+      requireRoot();
+      const state = await labUp({ name, replicas, service });
+      print(labSummary(state.topology));
+      return 0;
+    }
+    case "down": {
+      const { values } = parse(rest, { name: { type: "string" } });
+      const name = requireName(values.name);
+      requireRoot();
+      print(await labDown(name));
+      return 0;
+    }
+    case "exec": {
+      const sep = rest.indexOf("--");
+      if (sep < 0) throw new UsageError("lab exec: put the command after --");
+      const { values, positionals } = parse(rest.slice(0, sep), { name: { type: "string" } }, 1);
+      const name = requireName(values.name);
+      const role = positionals[0];
+      if (role === undefined) throw new UsageError("lab exec: ROLE is required (client, appliance, original, replicaK)");
+      requireRoot();
+      return labExec(name, role, rest.slice(sep + 1));
+    }
+    case "kill": {
+      const { values, positionals } = parse(rest, { name: { type: "string" }, mode: { type: "string" } }, 1);
+      const name = requireName(values.name);
+      const target = positionals[0];
+      if (target === undefined) throw new UsageError("lab kill: TARGET is required (original, replicaK)");
+      if (values.mode === undefined) throw new UsageError("lab kill: --mode is required");
+      const mode = validateFaultMode(values.mode);
+      requireRoot();
+      print(await labKill(name, target, mode));
+      return 0;
+    }
+    case "list": {
+      parse(rest, {});
+      print(await listLabs());
+      return 0;
+    }
+    case "status": {
+      const { values } = parse(rest, { name: { type: "string" } });
+      const name = requireName(values.name);
+      const state = await readState(name);
+      if (!state) throw new UsageError(`no lab named ${JSON.stringify(name)}`);
+      print({ ...labSummary(state.topology), services: state.services, faults: state.faults });
+      return 0;
+    }
+    default:
+      throw new UsageError(sub === undefined ? "lab: subcommand required" : `lab: unknown subcommand ${JSON.stringify(sub)}`);
+  }
+}
+
+async function pingCommand(rest: string[]): Promise<number> {
+  const { values } = parse(rest, {
+    host: { type: "string" },
+    port: { type: "string" },
+    count: { type: "string", default: "1000" },
+    size: { type: "string", default: "64" },
+    "interval-ms": { type: "string", default: "0" },
+  });
+  const opts = validatePingOptions({
+    host: values.host,
+    port: values.port,
+    count: values.count,
+    size: values.size,
+    intervalMs: values["interval-ms"],
+  });
+  print(await pingPong(opts));
+  return 0;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [cmd, sub, ...rest] = argv;
+  try {
+    switch (cmd) {
+      case "lab":
+        return await labCommand(sub, rest);
+      case "ping":
+        return await pingCommand(sub === undefined ? [] : [sub, ...rest]);
+      case "help":
+      case "--help":
+      case "-h":
+        process.stdout.write(USAGE);
+        return 0;
+      default:
+        throw new UsageError(cmd === undefined ? "command required" : `unknown command ${JSON.stringify(cmd)}`);
+    }
+  } catch (e) {
+    if (e instanceof UsageError || e instanceof LabUsageError || e instanceof PingOptionError) {
+      process.stderr.write(`tcp-replicator: error: ${e.message}\n${e instanceof UsageError ? USAGE : ""}`);
+      return 2;
+    }
+    process.stderr.write(`tcp-replicator: ${(e as Error).message}\n`);
+    return 1;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    process.stderr.write(`tcp-replicator: internal error: ${String(e)}\n`);
+    process.exitCode = 1;
+  },
+);

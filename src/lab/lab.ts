@@ -1,0 +1,365 @@
+// The lab: real Linux network stacks in network namespaces on one machine.
+//
+//   client ──cli0── appliance ──be0── [lan: br0] ──eth0── original, replica1..N
+//   10.100.(2k).0/24            10.100.(2k+1).0/24
+//
+// The appliance routes between the client subnet and the backend LAN and owns the VIP; the kernel
+// path (nftables DNAT/SNAT in our own table) forwards VIP:port to the original. Every lab gets its
+// own slot k, hence its own subnets and namespace names, so several labs (parallel tests) coexist.
+// Everything a lab creates is recorded in its state directory; `down` also cleans without it.
+import { mkdir, open, readFile, readdir, rm, unlink, writeFile } from "node:fs/promises";
+import { spawn } from "node:child_process";
+import { join } from "node:path";
+import { run, runStatus } from "../sys/command.js";
+import { isAlive, pidsInNamespace, processState, processTree, signalAll, waitUntilDead } from "../sys/process.js";
+import { installKernelPath } from "../proxy/nft.js";
+import { startService, type RunningService } from "./services.js";
+import {
+  LabUsageError,
+  MAX_SLOTS,
+  allNamespaces,
+  backendForTarget,
+  backends,
+  buildTopology,
+  isLabNamespace,
+  namespaceForRole,
+  validateLabName,
+  validateReplicaCount,
+  validateService,
+  type LabTopology,
+  type ServiceKind,
+} from "./topology.js";
+import { writeWwwTree } from "./www.js";
+
+export const FAULT_MODES = ["process", "freeze", "link", "host"] as const;
+export type FaultMode = (typeof FAULT_MODES)[number];
+
+export interface LabState {
+  version: 1;
+  topology: LabTopology;
+  /** Main pid of the service on each backend role. */
+  services: Record<string, { pid: number; dir: string }>;
+  faults: Array<{ target: string; mode: FaultMode; at: string }>;
+  createdAt: string;
+}
+
+export function runDir(): string {
+  return process.env.TCP_REPLICATOR_RUN_DIR ?? "/run/tcp-replicator";
+}
+const labsDir = () => join(runDir(), "labs");
+const slotsDir = () => join(runDir(), "slots");
+export const labDir = (name: string) => join(labsDir(), name);
+const statePath = (name: string) => join(labDir(name), "state.json");
+
+export class LabNotFoundError extends LabUsageError {
+  constructor(name: string) {
+    super(`no lab named ${JSON.stringify(name)} (see 'tcp-replicator lab list')`);
+    this.name = "LabNotFoundError";
+  }
+}
+
+export async function readState(name: string): Promise<LabState | undefined> {
+  try {
+    return JSON.parse(await readFile(statePath(name), "utf8")) as LabState;
+  } catch {
+    return undefined;
+  }
+}
+
+async function loadState(name: string): Promise<LabState> {
+  validateLabName(name);
+  const s = await readState(name);
+  if (!s) throw new LabNotFoundError(name);
+  return s;
+}
+
+async function saveState(state: LabState): Promise<void> {
+  const tmp = `${statePath(state.topology.name)}.tmp`;
+  await writeFile(tmp, JSON.stringify(state, null, 2));
+  await run(["mv", "-f", tmp, statePath(state.topology.name)]);
+}
+
+export async function listLabs(): Promise<string[]> {
+  try {
+    return (await readdir(labsDir())).sort();
+  } catch {
+    return [];
+  }
+}
+
+async function listNamespaces(): Promise<string[]> {
+  const out = await run(["ip", "-j", "netns", "list"]).catch(() => "[]");
+  const parsed = JSON.parse(out.trim() || "[]") as Array<{ name: string }>;
+  return parsed.map((n) => n.name);
+}
+
+/** Claims the lowest free slot for `name`; a slot whose owner lab no longer exists is stale. */
+async function allocateSlot(name: string): Promise<number> {
+  await mkdir(slotsDir(), { recursive: true });
+  for (let k = 0; k < MAX_SLOTS; k++) {
+    const path = join(slotsDir(), String(k));
+    try {
+      const fh = await open(path, "wx");
+      await fh.writeFile(name);
+      await fh.close();
+      return k;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+      const owner = (await readFile(path, "utf8").catch(() => "")).trim();
+      // Labs create their directory before claiming a slot, so no directory means a crashed owner.
+      const ownerExists = owner !== "" && (await readdir(labDir(owner)).then(() => true).catch(() => false));
+      if (!ownerExists) {
+        await unlink(path).catch(() => undefined);
+        k--; // try the freed slot again
+      }
+    }
+  }
+  throw new Error(`no free lab slot: ${MAX_SLOTS} labs exist already`);
+}
+
+async function releaseSlots(name: string): Promise<void> {
+  let entries: string[] = [];
+  try {
+    entries = await readdir(slotsDir());
+  } catch {
+    return;
+  }
+  for (const e of entries) {
+    const path = join(slotsDir(), e);
+    const owner = (await readFile(path, "utf8").catch(() => "")).trim();
+    if (owner === name) await unlink(path).catch(() => undefined);
+  }
+}
+
+/** Runs several `ip` commands in one namespace with one fork. */
+async function ipBatch(namespace: string, commands: string[]): Promise<void> {
+  await run(["ip", "-n", namespace, "-batch", "-"], { input: commands.join("\n") + "\n" });
+}
+
+async function sysctl(namespace: string, settings: Record<string, string>): Promise<void> {
+  await run([
+    "ip",
+    "netns",
+    "exec",
+    namespace,
+    "sysctl",
+    "-q",
+    "-w",
+    ...Object.entries(settings).map(([k, v]) => `${k}=${v}`),
+  ]);
+}
+
+/**
+ * GRO would hand captures super-segments larger than the MTU, and TSO/GSO would put them on the
+ * wire between namespaces; a real wire carries MTU-sized frames, so the lab turns them off on
+ * every link (the appliance's links must have them off in real deployments too).
+ */
+async function offloadsOff(namespace: string, ifaces: string[]): Promise<void> {
+  for (const dev of ifaces) {
+    await run(["ip", "netns", "exec", namespace, "ethtool", "-K", dev, "gro", "off", "gso", "off", "tso", "off"]);
+  }
+}
+
+async function buildNetwork(t: LabTopology): Promise<void> {
+  for (const ns of allNamespaces(t)) {
+    await run(["ip", "netns", "add", ns]);
+    // IPv6 off: no router solicitations or DAD probes in captures; the lab is IPv4.
+    await sysctl(ns, { "net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1" });
+  }
+  const lan = t.lan.namespace;
+  const appl = t.appliance.namespace;
+  await ipBatch(lan, [`link add ${t.lan.bridge} type bridge`, `link set ${t.lan.bridge} up`, "link set lo up"]);
+  // Links are created inside their namespaces directly: nothing ever appears in the root namespace.
+  await ipBatch(t.client.namespace, [
+    `link add ${t.client.iface} type veth peer name ${t.appliance.clientIface} netns ${appl}`,
+    "link set lo up",
+    `addr add ${t.client.address}/24 dev ${t.client.iface}`,
+    `link set ${t.client.iface} up`,
+    `route add default via ${t.appliance.clientAddress}`,
+  ]);
+  await ipBatch(appl, [
+    `link add ${t.appliance.backendIface} type veth peer name ${t.lan.appliancePort} netns ${lan}`,
+    "link set lo up",
+    `addr add ${t.appliance.clientAddress}/24 dev ${t.appliance.clientIface}`,
+    `addr add ${t.appliance.vip}/32 dev ${t.appliance.clientIface}`,
+    `link set ${t.appliance.clientIface} up`,
+    `addr add ${t.appliance.backendAddress}/24 dev ${t.appliance.backendIface}`,
+    `link set ${t.appliance.backendIface} up`,
+  ]);
+  for (const b of backends(t)) {
+    await ipBatch(b.namespace, [
+      `link add ${b.iface} type veth peer name ${b.lanPort} netns ${lan}`,
+      "link set lo up",
+      `addr add ${b.address}/24 dev ${b.iface}`,
+      `link set ${b.iface} up`,
+      `route add default via ${t.appliance.backendAddress}`,
+    ]);
+  }
+  const ports = [t.lan.appliancePort, ...backends(t).map((b) => b.lanPort)];
+  await ipBatch(
+    lan,
+    ports.flatMap((p) => [`link set ${p} master ${t.lan.bridge}`, `link set ${p} up`]),
+  );
+  await sysctl(appl, { "net.ipv4.ip_forward": "1" });
+  await offloadsOff(t.client.namespace, [t.client.iface]);
+  await offloadsOff(appl, [t.appliance.clientIface, t.appliance.backendIface]);
+  await offloadsOff(lan, ports);
+  for (const b of backends(t)) await offloadsOff(b.namespace, [b.iface]);
+}
+
+export interface LabUpOptions {
+  name: string;
+  replicas: number | string;
+  service: ServiceKind | string;
+}
+
+export async function labUp(opts: LabUpOptions): Promise<LabState> {
+  const name = validateLabName(opts.name);
+  const replicas = validateReplicaCount(opts.replicas);
+  const service = validateService(opts.service);
+
+  const leftovers = (await listNamespaces()).filter((ns) => isLabNamespace(name, ns));
+  if (leftovers.length > 0) {
+    throw new LabUsageError(
+      `lab ${name} has namespaces already (${leftovers.join(", ")}): run 'tcp-replicator lab down --name ${name}' first`,
+    );
+  }
+  await mkdir(labsDir(), { recursive: true, mode: 0o755 });
+  try {
+    // The lab directory is the name's lock: mkdir is atomic, so two `up` of one name cannot both win.
+    await mkdir(labDir(name), { mode: 0o755 });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "EEXIST") {
+      throw new LabUsageError(`lab ${name} exists already: run 'tcp-replicator lab down --name ${name}' first`);
+    }
+    throw e;
+  }
+  try {
+    const slot = await allocateSlot(name);
+    const topology = buildTopology(name, slot, replicas, service);
+    const state: LabState = {
+      version: 1,
+      topology,
+      services: {},
+      faults: [],
+      createdAt: new Date().toISOString(),
+    };
+    await saveState(state);
+    await buildNetwork(topology);
+    await installKernelPath(topology.appliance.namespace, {
+      vip: topology.appliance.vip,
+      port: topology.port,
+      original: topology.original.address,
+      snatAddress: topology.appliance.backendAddress,
+    });
+    const docroot = join(labDir(name), "www");
+    if (service === "http") await writeWwwTree(docroot);
+    const started: RunningService[] = await Promise.all(
+      backends(topology).map((b) =>
+        startService(service, b.namespace, join(labDir(name), b.role), topology.port, docroot),
+      ),
+    );
+    backends(topology).forEach((b, i) => {
+      const s = started[i]!;
+      state.services[b.role] = { pid: s.pid, dir: s.dir };
+    });
+    await saveState(state);
+    return state;
+  } catch (e) {
+    await labDown(name).catch(() => undefined);
+    throw e;
+  }
+}
+
+export interface LabDownReport {
+  name: string;
+  namespacesRemoved: string[];
+  processesKilled: number;
+}
+
+/** Removes everything a lab of this name owns; idempotent; works without a state file. */
+export async function labDown(nameArg: string): Promise<LabDownReport> {
+  const name = validateLabName(nameArg);
+  const state = await readState(name);
+  const existing = await listNamespaces();
+  const fromState = state ? allNamespaces(state.topology) : [];
+  const targets = existing.filter((ns) => isLabNamespace(name, ns) || fromState.includes(ns));
+  const pids = targets.flatMap((ns) => pidsInNamespace(ns));
+  // Stopped (frozen) processes take SIGKILL too; nothing else is needed to end them.
+  signalAll(pids, "SIGKILL");
+  await waitUntilDead(pids, 5000);
+  for (const ns of targets) {
+    const r = await runStatus(["ip", "netns", "del", ns]);
+    if (r.code !== 0 && (await listNamespaces()).includes(ns)) {
+      throw new Error(`could not delete namespace ${ns}: ${r.stderr.trim()}`);
+    }
+  }
+  await rm(labDir(name), { recursive: true, force: true });
+  await releaseSlots(name);
+  return { name, namespacesRemoved: targets, processesKilled: pids.length };
+}
+
+export async function labExec(nameArg: string, role: string, argv: string[]): Promise<number> {
+  const state = await loadState(nameArg);
+  const ns = namespaceForRole(state.topology, role);
+  if (argv.length === 0) throw new LabUsageError("lab exec: no command given after --");
+  return new Promise((resolve) => {
+    const child = spawn("ip", ["netns", "exec", ns, ...argv], { stdio: "inherit" });
+    child.on("error", () => resolve(127));
+    child.on("close", (code, signal) => resolve(code ?? (signal ? 128 : 1)));
+  });
+}
+
+export function validateFaultMode(mode: string): FaultMode {
+  if (!(FAULT_MODES as readonly string[]).includes(mode)) {
+    throw new LabUsageError(`invalid mode ${JSON.stringify(mode)}: must be one of ${FAULT_MODES.join(", ")}`);
+  }
+  return mode as FaultMode;
+}
+
+export interface FaultReport {
+  target: string;
+  mode: FaultMode;
+  pids: number[];
+}
+
+/** Injects a failure into the original or a replica. */
+export async function labKill(nameArg: string, target: string, modeArg: string): Promise<FaultReport> {
+  const mode = validateFaultMode(modeArg);
+  const state = await loadState(nameArg);
+  const backend = backendForTarget(state.topology, target);
+  const service = state.services[backend.role];
+  let pids: number[] = [];
+  switch (mode) {
+    case "process":
+    case "freeze": {
+      pids = service ? processTree(service.pid) : [];
+      if (pids.length === 0) throw new Error(`the service on ${target} is not running`);
+      if (mode === "process") {
+        signalAll(pids, "SIGKILL");
+        if (!(await waitUntilDead(pids, 5000))) throw new Error(`service on ${target} survived SIGKILL`);
+      } else {
+        signalAll(pids, "SIGSTOP");
+        const deadline = Date.now() + 5000;
+        while (pids.some((p) => isAlive(p) && processState(p) !== "T") && Date.now() < deadline) {
+          await new Promise((r) => setTimeout(r, 10));
+        }
+      }
+      break;
+    }
+    case "link":
+      await run(["ip", "-n", backend.namespace, "link", "set", backend.iface, "down"]);
+      break;
+    case "host": {
+      pids = pidsInNamespace(backend.namespace);
+      signalAll(pids, "SIGKILL");
+      await waitUntilDead(pids, 5000);
+      // Deleting our end of the veth deletes the LAN end too: the host is gone from the network.
+      await runStatus(["ip", "-n", backend.namespace, "link", "del", backend.iface]);
+      break;
+    }
+  }
+  state.faults.push({ target, mode, at: new Date().toISOString() });
+  await saveState(state);
+  return { target, mode, pids };
+}
