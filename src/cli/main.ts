@@ -4,7 +4,13 @@
 // stderr, so scripts can parse stdout directly.
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { labDown, labExec, labKill, labUp, listLabs, readState, validateFaultMode } from "../lab/lab.js";
-import { LabUsageError, labSummary, validateLabName, validateReplicaCount, validateService } from "../lab/topology.js";
+import {
+  LabUsageError,
+  labSummary,
+  validateLabName,
+  validateReplicaCount,
+  validateService,
+} from "../lab/topology.js";
 import { PingOptionError, pingPong, validatePingOptions } from "../lab/pingpong.js";
 
 export class UsageError extends Error {}
@@ -16,10 +22,14 @@ const USAGE = `usage:
   tcp-replicator lab kill --name NAME TARGET --mode process|freeze|link|host
   tcp-replicator lab list
   tcp-replicator lab status --name NAME
-  tcp-replicator ping --host HOST --port PORT [--count N] [--size BYTES] [--interval-ms MS]
+  tcp-replicator ping --host HOST --port PORT [--count N] [--size BYTES] [--interval-ms MS] [--timeout-ms MS]
 `;
 
-function parse<T extends NonNullable<ParseArgsConfig["options"]>>(args: string[], options: T, positionals = 0) {
+function parse<T extends NonNullable<ParseArgsConfig["options"]>>(
+  args: string[],
+  options: T,
+  positionals = 0,
+) {
   let parsed;
   try {
     parsed = parseArgs({ args, options, strict: true, allowPositionals: positionals > 0 });
@@ -75,7 +85,8 @@ async function labCommand(sub: string | undefined, rest: string[]): Promise<numb
       const { values, positionals } = parse(rest.slice(0, sep), { name: { type: "string" } }, 1);
       const name = requireName(values.name);
       const role = positionals[0];
-      if (role === undefined) throw new UsageError("lab exec: ROLE is required (client, appliance, original, replicaK)");
+      if (role === undefined)
+        throw new UsageError("lab exec: ROLE is required (client, appliance, original, replicaK)");
       requireRoot();
       return labExec(name, role, rest.slice(sep + 1));
     }
@@ -104,7 +115,9 @@ async function labCommand(sub: string | undefined, rest: string[]): Promise<numb
       return 0;
     }
     default:
-      throw new UsageError(sub === undefined ? "lab: subcommand required" : `lab: unknown subcommand ${JSON.stringify(sub)}`);
+      throw new UsageError(
+        sub === undefined ? "lab: subcommand required" : `lab: unknown subcommand ${JSON.stringify(sub)}`,
+      );
   }
 }
 
@@ -115,6 +128,7 @@ async function pingCommand(rest: string[]): Promise<number> {
     count: { type: "string", default: "1000" },
     size: { type: "string", default: "64" },
     "interval-ms": { type: "string", default: "0" },
+    "timeout-ms": { type: "string", default: "5000" },
   });
   const opts = validatePingOptions({
     host: values.host,
@@ -122,6 +136,7 @@ async function pingCommand(rest: string[]): Promise<number> {
     count: values.count,
     size: values.size,
     intervalMs: values["interval-ms"],
+    timeoutMs: values["timeout-ms"],
   });
   print(await pingPong(opts));
   return 0;
@@ -141,7 +156,9 @@ export async function main(argv: string[]): Promise<number> {
         process.stdout.write(USAGE);
         return 0;
       default:
-        throw new UsageError(cmd === undefined ? "command required" : `unknown command ${JSON.stringify(cmd)}`);
+        throw new UsageError(
+          cmd === undefined ? "command required" : `unknown command ${JSON.stringify(cmd)}`,
+        );
     }
   } catch (e) {
     if (e instanceof UsageError || e instanceof LabUsageError || e instanceof PingOptionError) {

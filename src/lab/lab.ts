@@ -11,7 +11,14 @@ import { mkdir, open, readFile, readdir, rm, unlink, writeFile } from "node:fs/p
 import { spawn } from "node:child_process";
 import { join } from "node:path";
 import { run, runStatus } from "../sys/command.js";
-import { isAlive, pidsInNamespace, processState, processTree, signalAll, waitUntilDead } from "../sys/process.js";
+import {
+  isAlive,
+  pidsInNamespace,
+  processState,
+  processTree,
+  signalAll,
+  waitUntilDead,
+} from "../sys/process.js";
 import { installKernelPath } from "../proxy/nft.js";
 import { startService, type RunningService } from "./services.js";
 import {
@@ -27,7 +34,6 @@ import {
   validateReplicaCount,
   validateService,
   type LabTopology,
-  type ServiceKind,
 } from "./topology.js";
 import { writeWwwTree } from "./www.js";
 
@@ -107,7 +113,11 @@ async function allocateSlot(name: string): Promise<number> {
       if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
       const owner = (await readFile(path, "utf8").catch(() => "")).trim();
       // Labs create their directory before claiming a slot, so no directory means a crashed owner.
-      const ownerExists = owner !== "" && (await readdir(labDir(owner)).then(() => true).catch(() => false));
+      const ownerExists =
+        owner !== "" &&
+        (await readdir(labDir(owner))
+          .then(() => true)
+          .catch(() => false));
       if (!ownerExists) {
         await unlink(path).catch(() => undefined);
         k--; // try the freed slot again
@@ -156,7 +166,21 @@ async function sysctl(namespace: string, settings: Record<string, string>): Prom
  */
 async function offloadsOff(namespace: string, ifaces: string[]): Promise<void> {
   for (const dev of ifaces) {
-    await run(["ip", "netns", "exec", namespace, "ethtool", "-K", dev, "gro", "off", "gso", "off", "tso", "off"]);
+    await run([
+      "ip",
+      "netns",
+      "exec",
+      namespace,
+      "ethtool",
+      "-K",
+      dev,
+      "gro",
+      "off",
+      "gso",
+      "off",
+      "tso",
+      "off",
+    ]);
   }
 }
 
@@ -168,7 +192,11 @@ async function buildNetwork(t: LabTopology): Promise<void> {
   }
   const lan = t.lan.namespace;
   const appl = t.appliance.namespace;
-  await ipBatch(lan, [`link add ${t.lan.bridge} type bridge`, `link set ${t.lan.bridge} up`, "link set lo up"]);
+  await ipBatch(lan, [
+    `link add ${t.lan.bridge} type bridge`,
+    `link set ${t.lan.bridge} up`,
+    "link set lo up",
+  ]);
   // Links are created inside their namespaces directly: nothing ever appears in the root namespace.
   await ipBatch(t.client.namespace, [
     `link add ${t.client.iface} type veth peer name ${t.appliance.clientIface} netns ${appl}`,
@@ -205,12 +233,50 @@ async function buildNetwork(t: LabTopology): Promise<void> {
   await offloadsOff(appl, [t.appliance.clientIface, t.appliance.backendIface]);
   await offloadsOff(lan, ports);
   for (const b of backends(t)) await offloadsOff(b.namespace, [b.iface]);
+  await waitNetworkReady(t);
+}
+
+/**
+ * A link that was just set up drops every frame until the kernel's linkwatch work attaches its
+ * qdisc, which can take up to a second; a lab handed out before that loses the first SYN and the
+ * first connection stalls for the 1 s SYN retransmission. So wait until every link is operationally
+ * up, then prove each path with one ping (which also leaves the ARP caches warm).
+ */
+async function waitNetworkReady(t: LabTopology): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  for (const ns of allNamespaces(t)) {
+    for (;;) {
+      const links = JSON.parse(await run(["ip", "-j", "-n", ns, "link", "show"])) as Array<{
+        ifname: string;
+        operstate: string;
+      }>;
+      const down = links.filter((l) => l.ifname !== "lo" && l.operstate !== "UP");
+      if (down.length === 0) break;
+      if (Date.now() > deadline) {
+        throw new Error(`links not up in ${ns} after 10 s: ${down.map((l) => l.ifname).join(", ")}`);
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+  const pings: Array<[string, string]> = [
+    [t.client.namespace, t.appliance.vip],
+    ...backends(t).map((b): [string, string] => [t.appliance.namespace, b.address]),
+  ];
+  await Promise.all(
+    pings.map(async ([ns, addr]) => {
+      for (;;) {
+        const r = await runStatus(["ip", "netns", "exec", ns, "ping", "-c1", "-W0.2", "-q", addr]);
+        if (r.code === 0) return;
+        if (Date.now() > deadline) throw new Error(`lab network: ${addr} unreachable from ${ns}`);
+      }
+    }),
+  );
 }
 
 export interface LabUpOptions {
   name: string;
   replicas: number | string;
-  service: ServiceKind | string;
+  service: string;
 }
 
 export async function labUp(opts: LabUpOptions): Promise<LabState> {
@@ -230,7 +296,9 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
     await mkdir(labDir(name), { mode: 0o755 });
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "EEXIST") {
-      throw new LabUsageError(`lab ${name} exists already: run 'tcp-replicator lab down --name ${name}' first`);
+      throw new LabUsageError(
+        `lab ${name} exists already: run 'tcp-replicator lab down --name ${name}' first`,
+      );
     }
     throw e;
   }

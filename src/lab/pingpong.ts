@@ -40,6 +40,7 @@ export function validatePingOptions(o: {
   count: string | number | undefined;
   size: string | number | undefined;
   intervalMs: string | number | undefined;
+  timeoutMs?: string | number | undefined;
 }): PingOptions {
   if (o.host === undefined || !isIPv4(o.host)) {
     throw new PingOptionError(`--host ${JSON.stringify(o.host)}: an IPv4 address is required`);
@@ -50,6 +51,7 @@ export function validatePingOptions(o: {
     count: intIn("count", o.count, 1, 10_000_000),
     size: intIn("size", o.size, 1, 1 << 20),
     intervalMs: intIn("interval-ms", o.intervalMs, 0, 60_000),
+    timeoutMs: intIn("timeout-ms", o.timeoutMs ?? 5000, 1, 600_000),
   };
 }
 
@@ -85,7 +87,10 @@ export async function pingPong(o: PingOptions): Promise<PingResult> {
       const rtt = await new Promise<number>((resolve, reject) => {
         let got = 0;
         const received = Buffer.alloc(o.size);
-        const timer = setTimeout(() => fail(new Error(`no echo within ${timeoutMs} ms at round ${i}`)), timeoutMs);
+        const timer = setTimeout(
+          () => fail(new Error(`no echo within ${timeoutMs} ms at round ${i}`)),
+          timeoutMs,
+        );
         const onData = (d: Buffer) => {
           if (got + d.length > o.size) return fail(new Error(`echo longer than sent at round ${i}`));
           d.copy(received, got);
@@ -93,7 +98,8 @@ export async function pingPong(o: PingOptions): Promise<PingResult> {
           if (got === o.size) {
             const dt = Number(process.hrtime.bigint() - start) / 1000;
             cleanup();
-            if (!received.equals(expected)) reject(new Error(`echo differs from what was sent at round ${i}`));
+            if (!received.equals(expected))
+              reject(new Error(`echo differs from what was sent at round ${i}`));
             else resolve(dt);
           }
         };
@@ -122,5 +128,12 @@ export async function pingPong(o: PingOptions): Promise<PingResult> {
   } finally {
     socket.destroy();
   }
-  return { host: o.host, port: o.port, count: o.count, size: o.size, rttUs: summarize(samples), bytesEchoed: bytes };
+  return {
+    host: o.host,
+    port: o.port,
+    count: o.count,
+    size: o.size,
+    rttUs: summarize(samples),
+    bytesEchoed: bytes,
+  };
 }

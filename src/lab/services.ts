@@ -99,7 +99,9 @@ async function waitListening(namespace: string, port: number, pid: number, logPa
     if (await isListening(namespace, port)) return;
     if (!isAlive(pid)) {
       const log = await readFile(logPath, "utf8").catch(() => "");
-      throw new Error(`service in ${namespace} exited before listening on ${port}: ${log.trim().slice(-2000)}`);
+      throw new Error(
+        `service in ${namespace} exited before listening on ${port}: ${log.trim().slice(-2000)}`,
+      );
     }
     await new Promise((r) => setTimeout(r, 25));
   }

@@ -42,7 +42,9 @@ export function validateReplicaCount(value: string | number): number {
 
 export function validateService(value: string): ServiceKind {
   if (!(SERVICES as readonly string[]).includes(value)) {
-    throw new LabUsageError(`invalid service ${JSON.stringify(value)}: must be one of ${SERVICES.join(", ")}`);
+    throw new LabUsageError(
+      `invalid service ${JSON.stringify(value)}: must be one of ${SERVICES.join(", ")}`,
+    );
   }
   return value as ServiceKind;
 }
@@ -104,7 +106,12 @@ export function isLabNamespace(lab: string, ns: string): boolean {
   return /^(client|appliance|lan|original|replica[1-9][0-9]*)$/.test(ns.slice(prefix.length));
 }
 
-export function buildTopology(name: string, slot: number, replicas: number, service: ServiceKind): LabTopology {
+export function buildTopology(
+  name: string,
+  slot: number,
+  replicas: number,
+  service: ServiceKind,
+): LabTopology {
   validateLabName(name);
   validateReplicaCount(replicas);
   const base = subnetBase(slot);
@@ -143,7 +150,12 @@ export function backends(topo: LabTopology): BackendHost[] {
 }
 
 export function allNamespaces(topo: LabTopology): string[] {
-  return [topo.client.namespace, topo.appliance.namespace, topo.lan.namespace, ...backends(topo).map((b) => b.namespace)];
+  return [
+    topo.client.namespace,
+    topo.appliance.namespace,
+    topo.lan.namespace,
+    ...backends(topo).map((b) => b.namespace),
+  ];
 }
 
 /** Resolves a role name given on the command line (client, appliance, original, replicaK). */
@@ -154,7 +166,9 @@ export function namespaceForRole(topo: LabTopology, role: string): string {
   const b = backends(topo).find((h) => h.role === role);
   if (!b) {
     const roles = ["client", "appliance", "lan", ...backends(topo).map((h) => h.role)];
-    throw new LabUsageError(`unknown role ${JSON.stringify(role)} in lab ${topo.name}: one of ${roles.join(", ")}`);
+    throw new LabUsageError(
+      `unknown role ${JSON.stringify(role)} in lab ${topo.name}: one of ${roles.join(", ")}`,
+    );
   }
   return b.namespace;
 }
@@ -176,7 +190,14 @@ export function labSummary(topo: LabTopology): {
   name: string;
   service: ServiceKind;
   namespaces: { client: string; appliance: string; lan: string; original: string; replicas: string[] };
-  addresses: { vip: string; client: string; original: string; replicas: string[]; appliance: string; replication: string };
+  addresses: {
+    vip: string;
+    client: string;
+    original: string;
+    replicas: string[];
+    appliance: string;
+    replication: string;
+  };
   port: number;
 } {
   return {

@@ -85,7 +85,10 @@ export interface RuleCounter {
 }
 
 /** Reads the packet/byte counters of our table's commented rules. */
-export async function readCounters(namespace: string | undefined, table = TABLE_NAME): Promise<RuleCounter[]> {
+export async function readCounters(
+  namespace: string | undefined,
+  table = TABLE_NAME,
+): Promise<RuleCounter[]> {
   const out = await run(nftArgv(namespace, ["-j", "list", "table", "ip", table]));
   return parseCounters(out);
 }

@@ -8,7 +8,9 @@ export class CommandError extends Error {
     readonly code: number | null,
     readonly stderr: string,
   ) {
-    super(`command failed (exit ${code ?? "signal"}): ${argv.join(" ")}${stderr ? `: ${stderr.trim()}` : ""}`);
+    super(
+      `command failed (exit ${code ?? "signal"}): ${argv.join(" ")}${stderr ? `: ${stderr.trim()}` : ""}`,
+    );
     this.name = "CommandError";
   }
 }
@@ -38,6 +40,8 @@ export function run(argv: readonly string[], opts: RunOptions = {}): Promise<str
         }
       },
     );
+    // A program may exit without reading its input; that is its answer, not an EPIPE crash.
+    child.stdin?.on("error", () => undefined);
     if (opts.input !== undefined) child.stdin?.end(opts.input);
   });
 }
@@ -64,6 +68,7 @@ export function runStatus(
       clearTimeout(timer);
       resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr });
     });
+    child.stdin.on("error", () => undefined);
     child.stdin.end(opts.input ?? "");
   });
 }

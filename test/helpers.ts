@@ -1,0 +1,88 @@
+// Shared helpers for tests that drive real labs. Every lab gets a name unique to the test process,
+// and is taken down in a teardown that runs whether the test passed or failed.
+import { spawn } from "node:child_process";
+import { readFile, readdir, stat } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
+import { join } from "node:path";
+import type { Test } from "tap";
+import { run, runStatus } from "../src/sys/command.js";
+import { labDown, labUp, runDir, type LabState } from "../src/lab/lab.js";
+import type { ServiceKind } from "../src/lab/topology.js";
+
+export const CLI = fileURLToPath(new URL("../src/cli/main.js", import.meta.url));
+
+let counter = 0;
+/** A lab name no other test process uses: the pid in base 36 plus a per-process counter. */
+export function uniqueLabName(tag: string): string {
+  counter++;
+  return `t${process.pid.toString(36)}${counter}-${tag}`.slice(0, 31);
+}
+
+export async function withLab(
+  t: Test,
+  tag: string,
+  replicas: number,
+  service: ServiceKind,
+): Promise<LabState> {
+  const name = uniqueLabName(tag);
+  t.teardown(async () => {
+    await labDown(name);
+  });
+  return labUp({ name, replicas, service });
+}
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export function cli(
+  args: string[],
+  env: NodeJS.ProcessEnv = process.env,
+  timeoutMs = 60_000,
+): Promise<CliResult> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
+    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? 1, stdout, stderr });
+    });
+  });
+}
+
+/** Runs a command inside a namespace; resolves with its exit code and output. */
+export function inNs(namespace: string, argv: string[], timeoutMs = 30_000) {
+  return runStatus(["ip", "netns", "exec", namespace, ...argv], { timeoutMs });
+}
+
+export async function namespaces(): Promise<string[]> {
+  const out = await run(["ip", "-j", "netns", "list"]);
+  return (JSON.parse(out.trim() || "[]") as Array<{ name: string }>).map((n) => n.name);
+}
+
+export async function labNamespaces(name: string): Promise<string[]> {
+  return (await namespaces()).filter((n) => n.startsWith(`tr-${name}-`));
+}
+
+export async function slotOwners(): Promise<string[]> {
+  const dir = join(runDir(), "slots");
+  const entries = await readdir(dir).catch(() => [] as string[]);
+  return Promise.all(entries.map((e) => readFile(join(dir, e), "utf8").catch(() => "")));
+}
+
+export async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
