@@ -162,25 +162,15 @@ async function sysctl(namespace: string, settings: Record<string, string>): Prom
 /**
  * GRO would hand captures super-segments larger than the MTU, and TSO/GSO would put them on the
  * wire between namespaces; a real wire carries MTU-sized frames, so the lab turns them off on
- * every link (the appliance's links must have them off in real deployments too).
+ * every link (the appliance's links must have them off in real deployments too). Transmit
+ * checksum offload is off as well: across veth a partial checksum is never filled in, and the
+ * engine verifies the checksums of what it captures.
  */
+const OFFLOADS_OFF = ["gro", "off", "gso", "off", "tso", "off", "tx", "off"];
+
 async function offloadsOff(namespace: string, ifaces: string[]): Promise<void> {
   for (const dev of ifaces) {
-    await run([
-      "ip",
-      "netns",
-      "exec",
-      namespace,
-      "ethtool",
-      "-K",
-      dev,
-      "gro",
-      "off",
-      "gso",
-      "off",
-      "tso",
-      "off",
-    ]);
+    await run(["ip", "netns", "exec", namespace, "ethtool", "-K", dev, ...OFFLOADS_OFF]);
   }
 }
 

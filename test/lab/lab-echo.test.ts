@@ -114,6 +114,7 @@ t.test("lab up/exec/down with the echo service and 2 replicas", async (t) => {
     t.match(k, /generic-receive-offload: off/, `${dev} GRO off`);
     t.match(k, /tcp-segmentation-offload: off/, `${dev} TSO off`);
     t.match(k, /generic-segmentation-offload: off/, `${dev} GSO off`);
+    t.match(k, /tx-checksumming: off/, `${dev} transmit checksum offload off`);
   }
   const nft = await inNs(s.namespaces.appliance, ["nft", "list", "table", "ip", "tcp_replicator"]);
   t.equal(nft.code, 0, "the project's own nft table exists in the appliance");
