@@ -1,0 +1,1141 @@
+// The replication engine: a pure state machine driven by (captured segment, now) and (tick, now).
+// It never does I/O; what it wants sent comes out of drain() as EngineOutput values, so it can be
+// unit-tested, simulated with a fake network and clock, and replayed from a pcap.
+//
+// What it sees (classified by address, see classify()):
+//   client   → VIP:port            the client's segments, as the client sent them
+//   snat     → original:port, SYN  the kernel path's NATed SYN: tells which port the original sees
+//   original → snat:natPort        the original's segments (its FIN/RST are held by the kernel)
+//   replica  → replication:port    the replicas' segments in the shadow conversations
+//
+// Sequence spaces: client sequence numbers pass unchanged into every shadow conversation; each
+// replica picks its own ISN, so everything about the server side is handled as stream offsets
+// (bytes since the SYN) and converted to and from each party's sequence numbers at the edges.
+import { seqAdd, seqDiff } from "../wire/seq.js";
+import { ACK, FIN, PSH, RST, SYN, findOption, type TcpOption, type TcpSegment } from "../wire/tcp.js";
+import { formatIPv4 } from "../wire/ipv4.js";
+import { ByteStream } from "./byte-stream.js";
+import { ShadowConversation } from "./shadow.js";
+import type { EngineConfig, EngineEvent, EngineOutput, EngineStats, ReplicaInfo, ReplicaStats } from "./types.js";
+
+const TWO32 = 4294967296;
+
+/** Stream offset of `seq` for a stream whose first data byte is isn+1, nearest to `ref`. */
+export function toOffset(seq: number, isn: number, ref: number): number {
+  const refSeq = (isn + 1 + (ref % TWO32)) % TWO32;
+  return ref + seqDiff(seq, refSeq);
+}
+
+export function toSeq(offset: number, isn: number): number {
+  return (isn + 1 + (offset % TWO32)) % TWO32 >>> 0;
+}
+
+function copyOptions(options: readonly TcpOption[]): TcpOption[] {
+  return options.map((o) => (o.kind === "unknown" ? { ...o, data: Uint8Array.from(o.data) } : { ...o }));
+}
+
+type Phase = "syn" | "open" | "closed";
+
+interface HeldClose {
+  kind: "fin" | "rst";
+  /** The original's segment in the client's addressing, ready to release. */
+  segment: TcpSegment;
+  since: number;
+  released: boolean;
+}
+
+export class ReplicatedConnection {
+  phase: Phase = "syn";
+  readonly client: ByteStream;
+  clientFinOffset: number | undefined;
+  clientRst = false;
+  /** Original reply stream units the client acknowledged (data bytes, +1 for the FIN). */
+  clientAckOffset = 0;
+  lastClientWindow: number;
+  lastClientTsval: number | undefined;
+  readonly clientSynOptions: TcpOption[];
+  readonly clientSynWindow: number;
+
+  natPort: number | undefined;
+  originalIsn: number | undefined;
+  readonly original: ByteStream;
+  originalFinOffset: number | undefined;
+  originalAckOffset = 0;
+  held: HeldClose | undefined;
+
+  readonly shadows = new Map<string, ShadowConversation>();
+  /** Replicas that joined after this connection opened: never promoted for it. */
+  readonly notPromotable = new Set<string>();
+  port: number | undefined;
+  captureGap = false;
+  closedAt: number | undefined;
+  /** Bytes this connection's own streams accounted for in the engine's totals. */
+  accounted = 0;
+
+  constructor(
+    readonly key: number,
+    readonly clientAddr: number,
+    readonly clientPort: number,
+    readonly clientIsn: number,
+    syn: TcpSegment,
+    readonly createdAt: number,
+    maxOutOfOrder: number,
+  ) {
+    this.client = new ByteStream(0, maxOutOfOrder);
+    this.original = new ByteStream(0, maxOutOfOrder);
+    this.clientSynOptions = copyOptions(syn.options);
+    this.clientSynWindow = syn.window;
+    this.lastClientWindow = syn.window;
+    this.lastClientTsval = findOption(syn.options, "timestamp")?.tsval;
+  }
+
+  get id(): string {
+    return `${formatIPv4(this.clientAddr)}:${this.clientPort}`;
+  }
+
+  /** Client bytes still to deliver end at the FIN (or at what has arrived). */
+  get clientFinReady(): boolean {
+    return this.clientFinOffset !== undefined && this.client.end === this.clientFinOffset;
+  }
+
+  clientOffered(kind: TcpOption["kind"]): boolean {
+    return this.clientSynOptions.some((o) => o.kind === kind);
+  }
+}
+
+interface ReplicaCounters {
+  info: ReplicaInfo;
+  shadowsOpened: number;
+  bytesSent: number;
+  bytesAcked: number;
+  segmentsSent: number;
+  retransmits: number;
+  replyBytes: number;
+  comparedBytes: number;
+  diverged: number;
+  lagging: number;
+  unverified: number;
+  buffered: number;
+  rttSamples: number;
+  lastSrttMs: number | undefined;
+}
+
+export class ReplicationEngine {
+  private readonly conns = new Map<number, ReplicatedConnection>();
+  private readonly byNatPort = new Map<number, ReplicatedConnection>();
+  private readonly byShadowPort = new Map<number, ReplicatedConnection>();
+  /** NATed SYNs seen before the client's SYN: client ISN -> NAT port. */
+  private readonly pendingNat = new Map<number, number>();
+  private readonly replicas = new Map<string, ReplicaCounters>();
+  private out: EngineOutput[] = [];
+  private ipId = 0;
+  private nextPort: number;
+  private totalBuffered = 0;
+
+  private readonly counters = {
+    client: 0,
+    original: 0,
+    natSyn: 0,
+    replica: 0,
+    unmatched: 0,
+    opened: 0,
+    closed: 0,
+    notReplicated: 0,
+    halfOpenExpired: 0,
+    clientBytes: 0,
+    originalBytes: 0,
+    captureGaps: 0,
+    closeHoldTimeouts: 0,
+    closesReleased: 0,
+  };
+  private readonly rejected: Record<string, number> = {};
+
+  constructor(readonly config: EngineConfig) {
+    this.nextPort = config.portRange[0];
+  }
+
+  // ------------------------------------------------------------------ public interface
+
+  /** Outputs produced since the last drain, in order. */
+  drain(): EngineOutput[] {
+    const o = this.out;
+    this.out = [];
+    return o;
+  }
+
+  /** Counts a packet the I/O edge could not parse. */
+  reject(reason: string): void {
+    this.rejected[reason] = (this.rejected[reason] ?? 0) + 1;
+  }
+
+  addReplica(info: ReplicaInfo): void {
+    if (this.replicas.has(info.id)) throw new Error(`replica ${info.id} exists already`);
+    for (const r of this.replicas.values()) {
+      if (r.info.address === info.address) throw new Error(`replica address ${formatIPv4(info.address)} is ${r.info.id}'s`);
+    }
+    this.replicas.set(info.id, {
+      info,
+      shadowsOpened: 0,
+      bytesSent: 0,
+      bytesAcked: 0,
+      segmentsSent: 0,
+      retransmits: 0,
+      replyBytes: 0,
+      comparedBytes: 0,
+      diverged: 0,
+      lagging: 0,
+      unverified: 0,
+      buffered: 0,
+      rttSamples: 0,
+      lastSrttMs: undefined,
+    });
+    // Connections already open started before this replica had their bytes: it gets only new ones.
+    for (const c of this.conns.values()) c.notPromotable.add(info.id);
+    this.event({ type: "replica-added", replica: info.id });
+  }
+
+  removeReplica(id: string): void {
+    if (!this.replicas.has(id)) throw new Error(`no replica ${id}`);
+    for (const c of this.conns.values()) {
+      const s = c.shadows.get(id);
+      if (!s) continue;
+      if (s.live) this.sendRst(c, s);
+      this.closeShadow(c, s);
+      this.account(c);
+      c.shadows.delete(id);
+    }
+    this.replicas.delete(id);
+    this.event({ type: "replica-removed", replica: id });
+  }
+
+  replicaIds(): string[] {
+    return [...this.replicas.keys()];
+  }
+
+  connection(clientAddr: number, clientPort: number): ReplicatedConnection | undefined {
+    return this.conns.get(clientAddr * 65536 + clientPort);
+  }
+
+  connections(): IterableIterator<ReplicatedConnection> {
+    return this.conns.values();
+  }
+
+  onSegment(seg: TcpSegment, now: number): void {
+    const c = this.config;
+    if (seg.dst === c.vip && seg.dstPort === c.port) {
+      this.counters.client++;
+      this.onClient(seg, now);
+    } else if (seg.src === c.original && seg.srcPort === c.port && seg.dst === c.snatAddress) {
+      this.counters.original++;
+      this.onOriginal(seg, now);
+    } else if (seg.dst === c.original && seg.dstPort === c.port && seg.src === c.snatAddress) {
+      if ((seg.flags & (SYN | ACK)) === SYN) {
+        this.counters.natSyn++;
+        this.onNatSyn(seg);
+      }
+    } else if (seg.dst === c.replicationAddress && seg.srcPort === c.port) {
+      this.counters.replica++;
+      this.onReplica(seg, now);
+    } else {
+      this.counters.unmatched++;
+    }
+  }
+
+  /** Runs timers; returns the next time tick() has work, or undefined. */
+  tick(now: number): number | undefined {
+    let next: number | undefined;
+    const want = (t: number) => {
+      if (next === undefined || t < next) next = t;
+    };
+    for (const conn of [...this.conns.values()]) {
+      if (conn.phase === "syn") {
+        const expiry = conn.createdAt + this.config.synTimeoutMs;
+        if (now >= expiry) {
+          this.counters.halfOpenExpired++;
+          this.deleteConnection(conn);
+          continue;
+        }
+        want(expiry);
+      }
+      if (conn.held && !conn.held.released) {
+        const deadline = conn.held.since + this.config.finHoldMs;
+        if (now >= deadline) this.releaseClose(conn, now, true);
+        else want(deadline);
+      }
+      for (const s of conn.shadows.values()) {
+        if (s.rtoDeadline === undefined) continue;
+        if (now >= s.rtoDeadline) this.onRto(conn, s, now);
+        if (s.rtoDeadline !== undefined) want(s.rtoDeadline);
+      }
+      if (conn.phase === "closed" && conn.closedAt !== undefined) {
+        const end = conn.closedAt + this.config.lingerMs;
+        if (now >= end) {
+          this.deleteConnection(conn);
+          continue;
+        }
+        want(end);
+      }
+    }
+    return next;
+  }
+
+  stats(): EngineStats {
+    const k = this.counters;
+    const replicas: ReplicaStats[] = [...this.replicas.values()].map((r) => {
+      let active = 0;
+      for (const c of this.conns.values()) if (c.shadows.get(r.info.id)?.live) active++;
+      return {
+        id: r.info.id,
+        address: formatIPv4(r.info.address),
+        shadowsActive: active,
+        shadowsOpened: r.shadowsOpened,
+        bytesSent: r.bytesSent,
+        bytesAcked: r.bytesAcked,
+        segmentsSent: r.segmentsSent,
+        retransmits: r.retransmits,
+        replyBytes: r.replyBytes,
+        comparedBytes: r.comparedBytes,
+        diverged: r.diverged,
+        lagging: r.lagging,
+        unverified: r.unverified,
+        bufferedBytes: r.buffered,
+        rttUs: { samples: r.rttSamples, srtt: r.lastSrttMs === undefined ? null : Math.round(r.lastSrttMs * 1000) },
+      };
+    });
+    let oooRefused = 0;
+    for (const c of this.conns.values()) {
+      oooRefused += c.client.oooRefused + c.original.oooRefused;
+      for (const s of c.shadows.values()) oooRefused += s.reply.oooRefused;
+    }
+    return {
+      packets: { client: k.client, original: k.original, natSyn: k.natSyn, replica: k.replica, unmatched: k.unmatched },
+      rejected: { ...this.rejected },
+      connections: {
+        active: this.conns.size,
+        opened: k.opened,
+        closed: k.closed,
+        notReplicated: k.notReplicated,
+        halfOpenExpired: k.halfOpenExpired,
+      },
+      clientBytes: k.clientBytes,
+      originalBytes: k.originalBytes,
+      bufferedBytes: this.totalBuffered,
+      outOfOrderRefusedBytes: oooRefused,
+      captureGaps: k.captureGaps,
+      closeHoldTimeouts: k.closeHoldTimeouts,
+      closesReleased: k.closesReleased,
+      replicas,
+    };
+  }
+
+  // ------------------------------------------------------------------ client side
+
+  private onClient(seg: TcpSegment, now: number): void {
+    const key = seg.src * 65536 + seg.srcPort;
+    let conn = this.conns.get(key);
+    if (seg.flags & SYN && !(seg.flags & ACK)) {
+      if (conn && conn.clientIsn === seg.seq) return; // retransmitted SYN
+      if (conn) this.abortConnection(conn); // the client reused its port: the old one is over
+      if (this.conns.size >= this.config.limits.maxConnections) {
+        this.counters.notReplicated++;
+        return;
+      }
+      conn = new ReplicatedConnection(key, seg.src, seg.srcPort, seg.seq, seg, now, this.config.limits.outOfOrderBytes);
+      this.conns.set(key, conn);
+      const nat = this.pendingNat.get(seg.seq);
+      if (nat !== undefined) {
+        this.pendingNat.delete(seg.seq);
+        this.bindNat(conn, nat);
+      }
+      return;
+    }
+    if (!conn) {
+      // A connection older than the engine (or one it refused): the kernel path serves it alone.
+      this.counters.unmatched++;
+      return;
+    }
+    if (conn.phase === "closed" && conn.clientRst) return;
+
+    if (seg.flags & RST) {
+      conn.clientRst = true;
+      for (const s of conn.shadows.values()) {
+        if (s.live) {
+          this.sendRst(conn, s);
+          this.closeShadow(conn, s);
+        }
+      }
+      this.markClosed(conn, now);
+      this.account(conn);
+      return;
+    }
+
+    const ts = findOption(seg.options, "timestamp");
+    if (ts) conn.lastClientTsval = ts.tsval;
+    const oldWindow = conn.lastClientWindow;
+    conn.lastClientWindow = seg.window;
+
+    if (seg.flags & ACK) {
+      if (conn.originalIsn === undefined) conn.originalIsn = seqAdd(seg.ack, -1);
+      if (conn.phase === "syn") this.openShadows(conn, now);
+      const ackOff = toOffset(seg.ack, conn.originalIsn, conn.clientAckOffset);
+      if (ackOff > conn.clientAckOffset) conn.clientAckOffset = ackOff;
+      const replyEnd = conn.original.end + (conn.originalFinOffset === conn.original.end ? 1 : 0);
+      if (conn.clientAckOffset > replyEnd && !conn.captureGap && conn.originalIsn !== undefined) {
+        // The client acknowledged reply bytes we never captured: they cannot be verified.
+        this.captureGapDetected(conn, "original");
+      }
+    }
+
+    if (seg.payload.length > 0 || seg.flags & FIN) {
+      const off = toOffset(seg.seq, conn.clientIsn, conn.client.end);
+      const grew = conn.client.write(off, seg.payload);
+      this.counters.clientBytes += grew;
+      if (seg.flags & FIN && conn.clientFinOffset === undefined) conn.clientFinOffset = off + seg.payload.length;
+    }
+
+    for (const s of conn.shadows.values()) {
+      if (s.state !== "open") continue;
+      this.trySend(conn, s, now);
+      const windowOpened = oldWindow !== seg.window && s.lastWindowSent < seg.window;
+      if (this.ackFor(conn, s) > s.rcvAcked || windowOpened) this.sendAck(conn, s);
+    }
+    this.checkDone(conn, now);
+    this.enforceLimits(conn);
+  }
+
+  private onNatSyn(seg: TcpSegment): void {
+    for (const conn of this.conns.values()) {
+      if (conn.phase === "syn" && conn.clientIsn === seg.seq && conn.natPort === undefined) {
+        this.bindNat(conn, seg.srcPort);
+        return;
+      }
+    }
+    if (this.pendingNat.size > 1024) this.pendingNat.clear();
+    this.pendingNat.set(seg.seq, seg.srcPort);
+  }
+
+  private bindNat(conn: ReplicatedConnection, port: number): void {
+    const old = this.byNatPort.get(port);
+    if (old && old !== conn) old.natPort = undefined;
+    conn.natPort = port;
+    this.byNatPort.set(port, conn);
+  }
+
+  private openShadows(conn: ReplicatedConnection, now: number): void {
+    conn.phase = "open";
+    this.counters.opened++;
+    const port = this.allocatePort();
+    if (port === undefined) {
+      this.counters.notReplicated++;
+      this.event({ type: "connection-opened", conn: conn.id, replicas: [] });
+      return;
+    }
+    conn.port = port;
+    this.byShadowPort.set(port, conn);
+    for (const r of this.replicas.values()) {
+      const s = new ShadowConversation(r.info, this.config.rto.initialMs, this.config.limits.outOfOrderBytes);
+      conn.shadows.set(r.info.id, s);
+      r.shadowsOpened++;
+      this.sendSyn(conn, s, now);
+    }
+    this.event({ type: "connection-opened", conn: conn.id, replicas: [...conn.shadows.keys()] });
+  }
+
+  private allocatePort(): number | undefined {
+    const [lo, hi] = this.config.portRange;
+    const span = hi - lo + 1;
+    for (let i = 0; i < span; i++) {
+      const p = this.nextPort;
+      this.nextPort = p >= hi ? lo : p + 1;
+      if (!this.byShadowPort.has(p)) return p;
+    }
+    return undefined;
+  }
+
+  // ------------------------------------------------------------------ original side
+
+  private onOriginal(seg: TcpSegment, now: number): void {
+    const conn = this.byNatPort.get(seg.dstPort);
+    if (!conn) {
+      this.counters.unmatched++;
+      return;
+    }
+    if (seg.flags & SYN) {
+      if (seg.flags & ACK && conn.originalIsn === undefined) conn.originalIsn = seg.seq;
+      return;
+    }
+    if (conn.originalIsn === undefined) {
+      this.counters.unmatched++;
+      return;
+    }
+    if (seg.flags & ACK) {
+      const ackOff = toOffset(seg.ack, conn.clientIsn, conn.originalAckOffset);
+      if (ackOff > conn.originalAckOffset) conn.originalAckOffset = ackOff;
+      const clientEnd = conn.client.end + (conn.clientFinReady ? 1 : 0);
+      if (conn.originalAckOffset > clientEnd && !conn.captureGap) this.captureGapDetected(conn, "client");
+    }
+    const off = toOffset(seg.seq, conn.originalIsn, conn.original.end);
+    if (seg.payload.length > 0) {
+      this.counters.originalBytes += conn.original.write(off, seg.payload);
+      for (const s of conn.shadows.values()) this.compare(conn, s);
+    }
+    if (seg.flags & (FIN | RST)) {
+      const kind = seg.flags & RST ? "rst" : "fin";
+      if (kind === "fin" && conn.originalFinOffset === undefined) conn.originalFinOffset = off + seg.payload.length;
+      const view = this.clientView(conn, seg);
+      if (conn.held?.released) {
+        // A retransmission of what was released already (the client's ACK was lost): pass it on.
+        this.out.push({ type: "send", segment: view, to: "client" });
+      } else if (!conn.held || (kind === "rst" && conn.held.kind === "fin")) {
+        conn.held = { kind, segment: view, since: conn.held?.since ?? now, released: false };
+      }
+      this.checkRelease(conn, now);
+    }
+    this.enforceLimits(conn);
+  }
+
+  /** The original's segment as the kernel path would have delivered it to the client. */
+  private clientView(conn: ReplicatedConnection, seg: TcpSegment): TcpSegment {
+    return {
+      ...seg,
+      ttl: Math.max(1, seg.ttl - 1),
+      src: this.config.vip,
+      srcPort: this.config.port,
+      dst: conn.clientAddr,
+      dstPort: conn.clientPort,
+      options: copyOptions(seg.options),
+      ipOptions: Uint8Array.from(seg.ipOptions),
+      payload: Uint8Array.from(seg.payload),
+    };
+  }
+
+  /**
+   * The original's FIN/RST reaches the client only once every replica still comparing closed the
+   * same way at the same offset (a normal close), or when the hold time runs out.
+   */
+  private checkRelease(conn: ReplicatedConnection, now: number): void {
+    const held = conn.held;
+    if (!held || held.released) return;
+    let waiting = false;
+    for (const s of conn.shadows.values()) {
+      if (!s.comparing && !(held.kind === "rst" && s.replicaRst)) continue;
+      if (held.kind === "rst") {
+        if (!s.replicaRst) waiting = true;
+        continue;
+      }
+      if (s.replicaRst) {
+        this.setStatus(conn, s, "diverged", "replica reset where the original closed", s.compared);
+      } else if (s.replicaFinOffset === undefined) {
+        waiting = true;
+      } else if (s.replicaFinOffset !== conn.originalFinOffset) {
+        this.setStatus(conn, s, "diverged", `closed at offset ${s.replicaFinOffset}, original at ${conn.originalFinOffset}`, Math.min(s.replicaFinOffset, conn.originalFinOffset ?? 0));
+      }
+    }
+    if (!waiting) this.releaseClose(conn, now, false);
+  }
+
+  private releaseClose(conn: ReplicatedConnection, now: number, timedOut: boolean): void {
+    const held = conn.held;
+    if (!held || held.released) return;
+    if (timedOut) {
+      this.counters.closeHoldTimeouts++;
+      for (const s of conn.shadows.values()) {
+        if (s.comparing) this.setStatus(conn, s, "diverged", `did not ${held.kind === "fin" ? "close" : "reset"} with the original`, s.compared);
+      }
+    }
+    held.released = true;
+    this.counters.closesReleased++;
+    this.out.push({ type: "send", segment: held.segment, to: "client" });
+    this.event({ type: "close-released", conn: conn.id, kind: held.kind, heldMs: now - held.since, matched: !timedOut });
+    if (held.kind === "rst") {
+      for (const s of conn.shadows.values()) {
+        if (s.live) {
+          this.sendRst(conn, s);
+          this.closeShadow(conn, s);
+        }
+      }
+      this.markClosed(conn, now);
+    }
+    this.checkDone(conn, now);
+  }
+
+  // ------------------------------------------------------------------ replica side
+
+  private onReplica(seg: TcpSegment, now: number): void {
+    const conn = this.byShadowPort.get(seg.dstPort);
+    const s = conn && [...conn.shadows.values()].find((x) => x.replica.address === seg.src);
+    if (!conn || !s) {
+      this.counters.unmatched++;
+      return;
+    }
+    const r = this.replicas.get(s.replica.id)!;
+    if (seg.flags & RST) {
+      if (s.state === "syn-sent" || (seg.flags & ACK && s.replicaIsn !== undefined)) this.onReplicaRst(conn, s, now);
+      return;
+    }
+    if (s.state === "closed") {
+      // Late retransmission after the shadow ended: answer like a closed socket would not; ignore.
+      return;
+    }
+    if (seg.flags & SYN) {
+      if (!(seg.flags & ACK) || seg.ack !== seqAdd(conn.clientIsn, 1)) return;
+      if (s.state === "syn-sent") this.onReplicaSynAck(conn, s, seg, now);
+      else this.sendAck(conn, s); // our ACK of its SYN was lost
+      return;
+    }
+    if (s.state !== "open" || s.replicaIsn === undefined) return;
+    const ts = findOption(seg.options, "timestamp");
+    if (ts && (s.tsRecent === undefined || seqDiff(ts.tsval, s.tsRecent) >= 0)) s.tsRecent = ts.tsval;
+
+    if (seg.flags & ACK) this.onReplicaAck(conn, s, seg, now, r);
+
+    const off = toOffset(seg.seq, s.replicaIsn, s.reply.end);
+    let duplicate = false;
+    let hole = false;
+    if (seg.payload.length > 0) {
+      const grew = s.reply.write(off, seg.payload);
+      s.replyBytes += grew;
+      r.replyBytes += grew;
+      duplicate = off + seg.payload.length <= s.reply.end && grew === 0;
+      hole = s.reply.outOfOrderHeld > 0;
+      this.compare(conn, s);
+    }
+    if (seg.flags & FIN) {
+      const finOff = off + seg.payload.length;
+      if (s.replicaFinOffset === undefined) s.replicaFinOffset = finOff;
+      else duplicate = true;
+      this.checkRelease(conn, now);
+    }
+    if (seg.payload.length > 0 || seg.flags & FIN) {
+      const ack = this.ackFor(conn, s);
+      // ACK when it advances; re-ACK duplicates (our ACK was lost); dup-ACK with SACK across a
+      // hole so the replica retransmits it. Never ACK just to say "held by the client": that
+      // would look like duplicate ACKs and trigger needless fast retransmits.
+      if (ack > s.rcvAcked || duplicate || hole) this.sendAck(conn, s);
+    }
+    this.maybeCloseShadow(conn, s);
+    this.checkDone(conn, now);
+    this.enforceLimits(conn);
+  }
+
+  private onReplicaSynAck(conn: ReplicatedConnection, s: ShadowConversation, seg: TcpSegment, now: number): void {
+    s.replicaIsn = seg.seq;
+    s.state = "open";
+    s.sndUna = 0;
+    s.synTries = 0;
+    s.backoffs = 0;
+    s.rtoDeadline = undefined;
+    if (s.rttProbe) {
+      this.rttSample(s, now - s.rttProbe.at);
+      s.rttProbe = undefined;
+    }
+    const ws = findOption(seg.options, "wscale");
+    s.wscale = ws && conn.clientOffered("wscale") ? Math.min(14, ws.shift) : 0;
+    s.sackOk = !!findOption(seg.options, "sack-permitted") && conn.clientOffered("sack-permitted");
+    const ts = findOption(seg.options, "timestamp");
+    s.tsOk = !!ts && conn.clientOffered("timestamp");
+    if (ts) s.tsRecent = ts.tsval;
+    const mss = findOption(seg.options, "mss")?.value ?? 536;
+    s.maxPayload = Math.max(1, Math.min(mss, this.config.mtu - 40) - (s.tsOk ? 12 : 0));
+    s.sndWnd = seg.window; // never scaled in a SYN
+    this.sendAck(conn, s);
+    this.trySend(conn, s, now);
+  }
+
+  private onReplicaAck(
+    conn: ReplicatedConnection,
+    s: ShadowConversation,
+    seg: TcpSegment,
+    now: number,
+    r: ReplicaCounters,
+  ): void {
+    const ackOff = toOffset(seg.ack, conn.clientIsn, Math.max(0, s.sndUna));
+    const maxAckable = s.sndNxt + (s.finSent ? 1 : 0);
+    if (ackOff > maxAckable) return; // acknowledges what we never sent: ignore
+    const oldWnd = s.sndWnd;
+    s.sndWnd = seg.window << s.wscale;
+    if (ackOff > s.sndUna) {
+      const acked = Math.min(ackOff, conn.clientFinOffset ?? Infinity) - Math.max(0, s.sndUna);
+      r.bytesAcked += Math.max(0, acked);
+      s.sndUna = ackOff;
+      if (s.finSent && conn.clientFinOffset !== undefined && ackOff === conn.clientFinOffset + 1) s.finAcked = true;
+      if (s.rttProbe && ackOff >= s.rttProbe.end) {
+        this.rttSample(s, now - s.rttProbe.at);
+        s.rttProbe = undefined;
+      }
+      s.dupAcks = 0;
+      s.backoffs = 0;
+      if (s.recoverPoint !== undefined && ackOff < s.recoverPoint) {
+        this.retransmitOne(conn, s, now); // partial ACK: the next hole is lost too
+      } else {
+        s.recoverPoint = undefined;
+      }
+      s.rtoDeadline = this.outstanding(conn, s) ? now + s.rtoMs : undefined;
+      this.releaseClient(conn);
+    } else if (
+      ackOff === s.sndUna &&
+      seg.payload.length === 0 &&
+      !(seg.flags & FIN) &&
+      s.sndWnd === oldWnd &&
+      this.outstanding(conn, s)
+    ) {
+      s.dupAcks++;
+      if (s.dupAcks === 3 && s.recoverPoint === undefined) {
+        s.recoverPoint = s.sndNxt;
+        this.retransmitOne(conn, s, now);
+      }
+    }
+    this.trySend(conn, s, now);
+    if (s.sndWnd === 0 && s.sndNxt < conn.client.end && s.rtoDeadline === undefined) {
+      s.rtoDeadline = now + s.rtoMs; // persist timer: probe the zero window
+    }
+  }
+
+  private onReplicaRst(conn: ReplicatedConnection, s: ShadowConversation, now: number): void {
+    s.replicaRst = true;
+    const expected = conn.held?.kind === "rst";
+    if (!expected && s.status === "healthy") {
+      const reason = s.state === "syn-sent" ? "refused the connection" : "reset the connection";
+      this.setStatus(conn, s, s.state === "syn-sent" ? "lagging" : "diverged", reason, s.compared);
+    }
+    this.closeShadow(conn, s);
+    this.checkRelease(conn, now);
+    this.checkDone(conn, now);
+    this.account(conn);
+  }
+
+  // ------------------------------------------------------------------ sending toward a replica
+
+  private outstanding(conn: ReplicatedConnection, s: ShadowConversation): boolean {
+    return s.sndNxt > s.sndUna || (s.finSent && !s.finAcked) || (s.sndWnd === 0 && s.sndNxt < conn.client.end);
+  }
+
+  /** Reply units we may acknowledge to the replica: what the client acknowledged, clamped to what
+   * the replica has really sent (contiguous, plus its FIN). */
+  private ackFor(conn: ReplicatedConnection, s: ShadowConversation): number {
+    const received = s.reply.end + (s.replicaFinOffset !== undefined && s.replicaFinOffset === s.reply.end ? 1 : 0);
+    return Math.max(s.rcvAcked, Math.min(conn.clientAckOffset, received));
+  }
+
+  private segmentTo(
+    conn: ReplicatedConnection,
+    s: ShadowConversation,
+    seq: number,
+    flags: number,
+    payload: Uint8Array,
+    extraOptions: TcpOption[] = [],
+  ): TcpSegment {
+    const options: TcpOption[] = [];
+    if (s.tsOk && conn.lastClientTsval !== undefined) {
+      options.push({ kind: "nop" }, { kind: "nop" }, { kind: "timestamp", tsval: conn.lastClientTsval, tsecr: s.tsRecent ?? 0 });
+    }
+    options.push(...extraOptions);
+    let ack = 0;
+    if (s.replicaIsn !== undefined) {
+      const a = this.ackFor(conn, s);
+      s.rcvAcked = a;
+      ack = toSeq(a, s.replicaIsn);
+      flags |= ACK;
+    }
+    s.lastWindowSent = conn.lastClientWindow;
+    this.ipId = (this.ipId + 1) & 0xffff;
+    return {
+      tos: 0,
+      id: this.ipId,
+      dontFragment: true,
+      ttl: 64,
+      src: this.config.replicationAddress,
+      dst: s.replica.address,
+      ipOptions: new Uint8Array(0),
+      srcPort: conn.port!,
+      dstPort: this.config.port,
+      seq,
+      ack,
+      flags,
+      window: conn.lastClientWindow,
+      urgent: 0,
+      options,
+      payload,
+    };
+  }
+
+  private emit(s: ShadowConversation, segment: TcpSegment): void {
+    const r = this.replicas.get(s.replica.id);
+    s.segmentsSent++;
+    if (r) r.segmentsSent++;
+    this.out.push({ type: "send", segment, to: "replica" });
+  }
+
+  private sendSyn(conn: ReplicatedConnection, s: ShadowConversation, now: number): void {
+    s.synTries++;
+    s.rttProbe = s.synTries === 1 ? { end: 0, at: now } : undefined;
+    this.ipId = (this.ipId + 1) & 0xffff;
+    // The client's own SYN options: the replica negotiates exactly what the original did.
+    const seg: TcpSegment = {
+      tos: 0,
+      id: this.ipId,
+      dontFragment: true,
+      ttl: 64,
+      src: this.config.replicationAddress,
+      dst: s.replica.address,
+      ipOptions: new Uint8Array(0),
+      srcPort: conn.port!,
+      dstPort: this.config.port,
+      seq: conn.clientIsn,
+      ack: 0,
+      flags: SYN,
+      window: conn.clientSynWindow,
+      urgent: 0,
+      options: copyOptions(conn.clientSynOptions),
+      payload: new Uint8Array(0),
+    };
+    this.emit(s, seg);
+    s.rtoDeadline = now + s.rtoMs;
+  }
+
+  private sendAck(conn: ReplicatedConnection, s: ShadowConversation): void {
+    const sack: TcpOption[] = [];
+    if (s.sackOk && s.replicaIsn !== undefined) {
+      const ranges = s.reply.outOfOrderRanges().slice(0, s.tsOk ? 3 : 4);
+      if (ranges.length > 0) {
+        const isn = s.replicaIsn;
+        sack.push({ kind: "nop" }, { kind: "nop" }, { kind: "sack", blocks: ranges.map(([a, b]) => [toSeq(a, isn), toSeq(b, isn)]) });
+      }
+    }
+    const seq = toSeq(s.sndNxt + (s.finSent ? 1 : 0), conn.clientIsn);
+    this.emit(s, this.segmentTo(conn, s, seq, 0, new Uint8Array(0), sack));
+  }
+
+  private sendRst(conn: ReplicatedConnection, s: ShadowConversation): void {
+    if (conn.port === undefined) return;
+    const seq = s.state === "syn-sent" ? seqAdd(conn.clientIsn, 1) : toSeq(s.sndNxt + (s.finSent ? 1 : 0), conn.clientIsn);
+    const seg = this.segmentTo(conn, s, seq, RST, new Uint8Array(0));
+    this.emit(s, seg);
+  }
+
+  /** Sends client bytes the replica has not been sent yet, within its window; then the FIN. */
+  private trySend(conn: ReplicatedConnection, s: ShadowConversation, now: number): void {
+    if (s.state !== "open") return;
+    const r = this.replicas.get(s.replica.id);
+    const limit = Math.max(0, s.sndUna) + s.sndWnd;
+    const end = conn.client.end;
+    while (s.sndNxt < end && s.sndNxt < limit) {
+      const len = Math.min(s.maxPayload, end - s.sndNxt, limit - s.sndNxt);
+      const payload = conn.client.read(s.sndNxt, s.sndNxt + len);
+      const last = s.sndNxt + len === end;
+      this.emit(s, this.segmentTo(conn, s, toSeq(s.sndNxt, conn.clientIsn), last ? PSH : 0, payload));
+      if (!s.rttProbe) s.rttProbe = { end: s.sndNxt + len, at: now };
+      s.sndNxt += len;
+      s.bytesSent += len;
+      if (r) r.bytesSent += len;
+      if (s.rtoDeadline === undefined) s.rtoDeadline = now + s.rtoMs;
+    }
+    if (conn.clientFinReady && s.sndNxt === conn.clientFinOffset && !s.finSent) {
+      s.finSent = true;
+      this.emit(s, this.segmentTo(conn, s, toSeq(s.sndNxt, conn.clientIsn), FIN, new Uint8Array(0)));
+      if (s.rtoDeadline === undefined) s.rtoDeadline = now + s.rtoMs;
+    }
+  }
+
+  private retransmitOne(conn: ReplicatedConnection, s: ShadowConversation, now: number): void {
+    const r = this.replicas.get(s.replica.id);
+    const from = Math.max(0, s.sndUna);
+    const to = Math.min(s.sndNxt, conn.client.end, from + s.maxPayload);
+    s.rttProbe = undefined; // Karn: no RTT samples from retransmitted data
+    s.retransmits++;
+    if (r) r.retransmits++;
+    if (to > from) {
+      this.emit(s, this.segmentTo(conn, s, toSeq(from, conn.clientIsn), PSH, conn.client.read(from, to)));
+    } else if (s.finSent && !s.finAcked && conn.clientFinOffset !== undefined) {
+      this.emit(s, this.segmentTo(conn, s, toSeq(conn.clientFinOffset, conn.clientIsn), FIN, new Uint8Array(0)));
+    }
+    s.rtoDeadline = now + s.rtoMs;
+  }
+
+  private onRto(conn: ReplicatedConnection, s: ShadowConversation, now: number): void {
+    s.rtoDeadline = undefined;
+    if (s.state === "syn-sent") {
+      if (s.synTries > this.config.maxSynRetries) {
+        this.setStatus(conn, s, "lagging", "did not answer the SYN", 0);
+        this.closeShadow(conn, s);
+        this.account(conn);
+        return;
+      }
+      s.rtoMs = Math.min(this.config.rto.maxMs, s.rtoMs * 2);
+      this.sendSyn(conn, s, now);
+      return;
+    }
+    if (s.state !== "open" || !this.outstanding(conn, s)) return;
+    s.backoffs++;
+    s.rtoMs = Math.min(this.config.rto.maxMs, s.rtoMs * 2);
+    if (s.backoffs > 12) {
+      this.setStatus(conn, s, "lagging", "stopped acknowledging", s.compared);
+      this.sendRst(conn, s);
+      this.closeShadow(conn, s);
+      this.account(conn);
+      return;
+    }
+    if (s.sndWnd === 0 && s.sndNxt >= Math.max(0, s.sndUna)) {
+      // Zero-window probe: an ACK one below what it expects draws an ACK with its window.
+      this.emit(s, this.segmentTo(conn, s, toSeq(Math.max(0, s.sndUna) - 1, conn.clientIsn), 0, new Uint8Array(0)));
+      s.rtoDeadline = now + s.rtoMs;
+      return;
+    }
+    // Go back to the first unacknowledged byte (RFC 6298 5.4) and resend what the window allows.
+    s.recoverPoint = undefined;
+    s.dupAcks = 0;
+    s.rttProbe = undefined;
+    s.retransmits++;
+    const r = this.replicas.get(s.replica.id);
+    if (r) r.retransmits++;
+    s.sndNxt = Math.max(0, s.sndUna);
+    if (s.finSent && !s.finAcked) s.finSent = false;
+    this.trySend(conn, s, now);
+    if (s.rtoDeadline === undefined && this.outstanding(conn, s)) s.rtoDeadline = now + s.rtoMs;
+  }
+
+  private rttSample(s: ShadowConversation, ms: number): void {
+    s.rttSample(ms, this.config.rto.minMs, this.config.rto.maxMs);
+    const r = this.replicas.get(s.replica.id);
+    if (r) {
+      r.rttSamples++;
+      r.lastSrttMs = s.srttMs;
+    }
+  }
+
+  // ------------------------------------------------------------------ comparison, status, limits
+
+  /** Compares the replica's reply bytes with the original's at the same offsets. */
+  private compare(conn: ReplicatedConnection, s: ShadowConversation): void {
+    if (s.comparing) {
+      const upto = Math.min(s.reply.end, conn.original.end);
+      if (upto > s.compared) {
+        const mine = s.reply.read(s.compared, upto);
+        const theirs = conn.original.read(s.compared, upto);
+        if (!mine.equals(theirs)) {
+          let i = 0;
+          while (mine[i] === theirs[i]) i++;
+          this.setStatus(conn, s, "diverged", "reply bytes differ", s.compared + i);
+        } else {
+          const r = this.replicas.get(s.replica.id);
+          if (r) r.comparedBytes += upto - s.compared;
+          s.comparedBytes += upto - s.compared;
+          s.compared = upto;
+        }
+      }
+    }
+    this.releaseReply(conn, s);
+    this.releaseOriginal(conn);
+  }
+
+  /** Reply bytes are kept until compared (or no longer compared) and acknowledged to the replica,
+   * so a later splice can send the client what it misses at once. */
+  private releaseReply(conn: ReplicatedConnection, s: ShadowConversation): void {
+    const upTo = s.comparing ? Math.min(s.compared, s.rcvAcked) : s.rcvAcked;
+    s.reply.release(upTo);
+    void conn;
+  }
+
+  private releaseOriginal(conn: ReplicatedConnection): void {
+    let min = conn.original.end;
+    for (const s of conn.shadows.values()) if (s.comparing) min = Math.min(min, s.compared);
+    conn.original.release(min);
+  }
+
+  private releaseClient(conn: ReplicatedConnection): void {
+    let min = conn.client.end;
+    for (const s of conn.shadows.values()) if (s.live) min = Math.min(min, Math.max(0, s.sndUna));
+    conn.client.release(min);
+  }
+
+  private setStatus(
+    conn: ReplicatedConnection,
+    s: ShadowConversation,
+    status: "diverged" | "lagging" | "unverified",
+    reason: string,
+    offset: number,
+  ): void {
+    if (s.status === status || (s.status !== "healthy" && status === "unverified")) return;
+    if (s.status === "lagging") return; // the worst state; it stays
+    s.status = status;
+    s.reason = reason;
+    const r = this.replicas.get(s.replica.id);
+    const id = s.replica.id;
+    if (status === "diverged") {
+      if (r) r.diverged++;
+      this.event({ type: "diverged", conn: conn.id, replica: id, offset, reason });
+    } else if (status === "lagging") {
+      if (r) r.lagging++;
+      this.event({ type: "lagging", conn: conn.id, replica: id, reason });
+    } else {
+      if (r) r.unverified++;
+      this.event({ type: "unverified", conn: conn.id, replica: id, reason });
+    }
+    this.releaseOriginal(conn);
+  }
+
+  private captureGapDetected(conn: ReplicatedConnection, direction: "client" | "original"): void {
+    conn.captureGap = true;
+    this.counters.captureGaps++;
+    this.event({ type: "capture-gap", conn: conn.id, direction });
+    for (const s of conn.shadows.values()) {
+      if (!s.live) continue;
+      if (direction === "client") {
+        // Client bytes the replicas can never get: their state would silently differ.
+        this.setStatus(conn, s, "lagging", "client bytes lost to capture", s.compared);
+        this.sendRst(conn, s);
+        this.closeShadow(conn, s);
+      } else {
+        this.setStatus(conn, s, "unverified", "original's reply bytes lost to capture", s.compared);
+      }
+    }
+    this.account(conn);
+  }
+
+  /** Bounds every buffer: the shadows furthest behind are marked lagging and dropped. */
+  private enforceLimits(conn: ReplicatedConnection): void {
+    const L = this.config.limits;
+    this.releaseClient(conn);
+    // Per connection: client bytes held for the slowest shadow.
+    while (conn.client.footprint > L.perConnectionBytes) {
+      const slow = this.slowest(conn, (s) => -Math.max(0, s.sndUna));
+      if (!slow) {
+        conn.client.release(conn.client.end);
+        break;
+      }
+      this.abandon(conn, slow, "client bytes beyond the per-connection limit");
+    }
+    // Per connection: original reply bytes held for the slowest comparison.
+    while (conn.original.footprint > L.perConnectionBytes) {
+      let slow: ShadowConversation | undefined;
+      for (const s of conn.shadows.values()) if (s.comparing && (!slow || s.compared < slow.compared)) slow = s;
+      if (!slow) {
+        conn.original.release(conn.original.end);
+        break;
+      }
+      this.abandon(conn, slow, "reply comparison beyond the per-connection limit");
+    }
+    for (const s of conn.shadows.values()) {
+      if (s.live && s.reply.footprint > L.perConnectionBytes) this.abandon(conn, s, "reply bytes beyond the per-connection limit");
+    }
+    this.account(conn);
+    // Per replica and global.
+    for (const r of this.replicas.values()) {
+      while (r.buffered > L.perReplicaBytes) {
+        const victim = this.largestShadow((s) => s.replica.id === r.info.id);
+        if (!victim) break;
+        this.abandon(victim.conn, victim.shadow, "beyond the per-replica limit");
+        this.account(victim.conn);
+      }
+    }
+    while (this.totalBuffered > L.globalBytes) {
+      const victim = this.largestShadow(() => true);
+      if (!victim) break;
+      this.abandon(victim.conn, victim.shadow, "beyond the global limit");
+      this.account(victim.conn);
+    }
+  }
+
+  private slowest(conn: ReplicatedConnection, score: (s: ShadowConversation) => number): ShadowConversation | undefined {
+    let best: ShadowConversation | undefined;
+    for (const s of conn.shadows.values()) if (s.live && (!best || score(s) > score(best))) best = s;
+    return best;
+  }
+
+  private largestShadow(filter: (s: ShadowConversation) => boolean): { conn: ReplicatedConnection; shadow: ShadowConversation } | undefined {
+    let best: { conn: ReplicatedConnection; shadow: ShadowConversation } | undefined;
+    for (const conn of this.conns.values()) {
+      for (const s of conn.shadows.values()) {
+        if (!s.live || !filter(s) || s.accountedReplica === 0) continue;
+        if (!best || s.accountedReplica > best.shadow.accountedReplica) best = { conn, shadow: s };
+      }
+    }
+    return best;
+  }
+
+  private abandon(conn: ReplicatedConnection, s: ShadowConversation, reason: string): void {
+    this.setStatus(conn, s, "lagging", reason, s.compared);
+    this.sendRst(conn, s);
+    this.closeShadow(conn, s);
+    this.releaseClient(conn);
+    this.releaseOriginal(conn);
+  }
+
+  /** Recomputes what this connection holds and updates the engine's and replicas' totals.
+   * Client and original bytes are shared by the shadows and counted once globally; each replica
+   * is charged the client bytes still held for it plus its own reply bytes. */
+  private account(conn: ReplicatedConnection): void {
+    const own = conn.client.footprint + conn.original.footprint;
+    this.totalBuffered += own - conn.accounted;
+    conn.accounted = own;
+    for (const s of conn.shadows.values()) {
+      const global = s.live ? s.reply.footprint : 0;
+      this.totalBuffered += global - s.accountedGlobal;
+      s.accountedGlobal = global;
+      const mine = s.live ? s.clientBacklog(conn.client.end) + s.reply.footprint : 0;
+      const r = this.replicas.get(s.replica.id);
+      if (r) r.buffered += mine - s.accountedReplica;
+      s.accountedReplica = mine;
+    }
+  }
+
+  // ------------------------------------------------------------------ lifecycle
+
+  private closeShadow(conn: ReplicatedConnection, s: ShadowConversation): void {
+    s.state = "closed";
+    s.rtoDeadline = undefined;
+    s.reply.release(s.reply.end);
+    this.releaseClient(conn);
+    this.releaseOriginal(conn);
+  }
+
+  private maybeCloseShadow(conn: ReplicatedConnection, s: ShadowConversation): void {
+    if (s.finAcked && s.replicaFinOffset !== undefined && s.rcvAcked === s.replicaFinOffset + 1) {
+      this.closeShadow(conn, s);
+      this.account(conn);
+    }
+  }
+
+  private markClosed(conn: ReplicatedConnection, now: number): void {
+    if (conn.phase === "closed") return;
+    conn.phase = "closed";
+    conn.closedAt = now;
+  }
+
+  /** Both directions finished: the client's FIN went through and the original's close was
+   * released and acknowledged by the client. */
+  private checkDone(conn: ReplicatedConnection, now: number): void {
+    if (conn.phase !== "open") return;
+    const clientDone = conn.clientFinOffset !== undefined && conn.originalAckOffset >= conn.clientFinOffset + 1;
+    const serverDone =
+      conn.held?.released === true &&
+      (conn.held.kind === "rst" || (conn.originalFinOffset !== undefined && conn.clientAckOffset >= conn.originalFinOffset + 1));
+    if (clientDone && serverDone) this.markClosed(conn, now);
+  }
+
+  private abortConnection(conn: ReplicatedConnection): void {
+    for (const s of conn.shadows.values()) if (s.live) this.sendRst(conn, s);
+    this.deleteConnection(conn);
+  }
+
+  private deleteConnection(conn: ReplicatedConnection): void {
+    for (const s of conn.shadows.values()) {
+      if (s.live) {
+        this.sendRst(conn, s);
+        this.closeShadow(conn, s);
+      }
+    }
+    conn.client.release(conn.client.end);
+    conn.original.release(conn.original.end);
+    this.account(conn);
+    this.conns.delete(conn.key);
+    if (conn.natPort !== undefined && this.byNatPort.get(conn.natPort) === conn) this.byNatPort.delete(conn.natPort);
+    if (conn.port !== undefined && this.byShadowPort.get(conn.port) === conn) this.byShadowPort.delete(conn.port);
+    if (conn.phase !== "syn") this.counters.closed++;
+    if (conn.phase !== "syn") this.event({ type: "connection-closed", conn: conn.id });
+  }
+
+  private event(event: EngineEvent): void {
+    this.out.push({ type: "event", event });
+  }
+}

@@ -1,0 +1,129 @@
+// Configuration, outputs and statistics of the replication engine.
+import type { TcpSegment } from "../wire/tcp.js";
+
+export interface EngineLimits {
+  /** Client bytes held for one connection (not yet acknowledged by every live shadow), and
+   * original reply bytes held for comparison on one connection. */
+  perConnectionBytes: number;
+  /** Bytes held on behalf of one replica across all its shadow conversations. */
+  perReplicaBytes: number;
+  /** Bytes held by the whole engine. */
+  globalBytes: number;
+  /** Out-of-order bytes kept per stream before refusing more. */
+  outOfOrderBytes: number;
+  /** Connections tracked at once (half-open included); SYNs beyond are not replicated. */
+  maxConnections: number;
+}
+
+export interface EngineConfig {
+  /** Service address and port clients connect to (the VIP). */
+  vip: number;
+  port: number;
+  /** The original's address; it serves on `port` too. */
+  original: number;
+  /** Source address of the kernel path's SNAT: what the original sees as its peer. */
+  snatAddress: number;
+  /** Source address of the shadow conversations to replicas. */
+  replicationAddress: number;
+  limits: EngineLimits;
+  /** Retransmission timer toward replicas (RFC 6298 with these bounds). */
+  rto: { initialMs: number; minMs: number; maxMs: number };
+  /** SYNs to a replica before its shadow is given up (it does not answer). */
+  maxSynRetries: number;
+  /** How long the original's FIN/RST is held waiting for the replicas to close at the same offset. */
+  finHoldMs: number;
+  /** Half-open connections (SYN seen, handshake not completed) are forgotten after this. */
+  synTimeoutMs: number;
+  /** Closed connections linger this long to absorb retransmissions, then are freed. */
+  lingerMs: number;
+  /** Source ports for shadow conversations. */
+  portRange: [number, number];
+  /** Largest IP packet the engine sends. */
+  mtu: number;
+}
+
+export const DEFAULT_LIMITS: EngineLimits = {
+  perConnectionBytes: 8 * 1024 * 1024,
+  perReplicaBytes: 256 * 1024 * 1024,
+  globalBytes: 1024 * 1024 * 1024,
+  outOfOrderBytes: 1024 * 1024,
+  maxConnections: 65536,
+};
+
+export function defaultConfig(
+  addresses: Pick<EngineConfig, "vip" | "port" | "original" | "snatAddress" | "replicationAddress">,
+): EngineConfig {
+  return {
+    ...addresses,
+    limits: { ...DEFAULT_LIMITS },
+    rto: { initialMs: 200, minMs: 20, maxMs: 2000 },
+    maxSynRetries: 6,
+    finHoldMs: 2000,
+    synTimeoutMs: 10_000,
+    lingerMs: 2000,
+    portRange: [20000, 60999],
+    mtu: 1500,
+  };
+}
+
+export interface ReplicaInfo {
+  id: string;
+  address: number;
+}
+
+/** Why a shadow conversation is no longer a faithful, promotable copy. */
+export type ShadowStatus = "healthy" | "diverged" | "lagging" | "unverified";
+
+export type EngineEvent =
+  | { type: "connection-opened"; conn: string; replicas: string[] }
+  | { type: "connection-closed"; conn: string }
+  | { type: "diverged"; conn: string; replica: string; offset: number; reason: string }
+  | { type: "lagging"; conn: string; replica: string; reason: string }
+  | { type: "unverified"; conn: string; replica: string; reason: string }
+  | { type: "close-released"; conn: string; kind: "fin" | "rst"; heldMs: number; matched: boolean }
+  | { type: "capture-gap"; conn: string; direction: "client" | "original" }
+  | { type: "replica-added"; replica: string }
+  | { type: "replica-removed"; replica: string };
+
+export type EngineOutput =
+  /** A segment to emit (raw socket); its destination is in the segment. */
+  | { type: "send"; segment: TcpSegment; to: "replica" | "client" }
+  | { type: "event"; event: EngineEvent };
+
+export interface ReplicaStats {
+  id: string;
+  address: string;
+  shadowsActive: number;
+  shadowsOpened: number;
+  bytesSent: number;
+  bytesAcked: number;
+  segmentsSent: number;
+  retransmits: number;
+  replyBytes: number;
+  comparedBytes: number;
+  diverged: number;
+  lagging: number;
+  unverified: number;
+  bufferedBytes: number;
+  rttUs: { samples: number; srtt: number | null };
+}
+
+export interface EngineStats {
+  packets: {
+    client: number;
+    original: number;
+    natSyn: number;
+    replica: number;
+    unmatched: number;
+  };
+  rejected: Record<string, number>;
+  connections: { active: number; opened: number; closed: number; notReplicated: number; halfOpenExpired: number };
+  clientBytes: number;
+  originalBytes: number;
+  bufferedBytes: number;
+  outOfOrderRefusedBytes: number;
+  captureGaps: number;
+  closeHoldTimeouts: number;
+  closesReleased: number;
+  replicas: ReplicaStats[];
+}
