@@ -12,6 +12,11 @@ import {
   validateService,
 } from "../lab/topology.js";
 import { PingOptionError, pingPong, validatePingOptions } from "../lab/pingpong.js";
+import { readFile } from "node:fs/promises";
+import { pino } from "pino";
+import { ConfigError, parseProxyConfig } from "../proxy/config.js";
+import { Proxy } from "../proxy/proxy.js";
+import { queryStats } from "../proxy/stats-client.js";
 
 export class UsageError extends Error {}
 
@@ -22,6 +27,9 @@ const USAGE = `usage:
   tcp-replicator lab kill --name NAME TARGET --mode process|freeze|link|host
   tcp-replicator lab list
   tcp-replicator lab status --name NAME
+  tcp-replicator lab stats --name NAME                      # the appliance's replication statistics
+  tcp-replicator proxy --config FILE | --vip IP --port P --original IP --snat IP
+                       --replication-address IP [--replica ID=IP ...] [--stats-socket PATH] [--log-level L]
   tcp-replicator ping --host HOST --port PORT [--count N] [--size BYTES] [--interval-ms MS] [--timeout-ms MS]
 `;
 
@@ -114,11 +122,77 @@ async function labCommand(sub: string | undefined, rest: string[]): Promise<numb
       print({ ...labSummary(state.topology), services: state.services, faults: state.faults });
       return 0;
     }
+    case "stats": {
+      const { values } = parse(rest, { name: { type: "string" } });
+      const name = requireName(values.name);
+      const state = await readState(name);
+      if (!state) throw new UsageError(`no lab named ${JSON.stringify(name)}`);
+      if (!state.proxy) throw new UsageError(`lab ${name} runs no replication (0 replicas)`);
+      print(await queryStats(state.proxy.statsSocket));
+      return 0;
+    }
     default:
       throw new UsageError(
         sub === undefined ? "lab: subcommand required" : `lab: unknown subcommand ${JSON.stringify(sub)}`,
       );
   }
+}
+
+async function proxyCommand(rest: string[]): Promise<number> {
+  const { values } = parse(rest, {
+    config: { type: "string" },
+    vip: { type: "string" },
+    port: { type: "string" },
+    original: { type: "string" },
+    snat: { type: "string" },
+    "replication-address": { type: "string" },
+    replica: { type: "string", multiple: true },
+    "stats-socket": { type: "string" },
+    "log-level": { type: "string" },
+  });
+  let raw: Record<string, unknown> = {};
+  if (values.config !== undefined) {
+    let text: string;
+    try {
+      text = await readFile(values.config, "utf8");
+    } catch (e) {
+      throw new UsageError(`cannot read config ${values.config}: ${(e as Error).message}`);
+    }
+    try {
+      raw = JSON.parse(text) as Record<string, unknown>;
+    } catch (e) {
+      throw new UsageError(`config ${values.config} is not valid JSON: ${(e as Error).message}`);
+    }
+  }
+  const set = (key: string, v: unknown) => {
+    if (v !== undefined) raw[key] = v;
+  };
+  set("vip", values.vip);
+  set("port", values.port === undefined ? undefined : Number(values.port));
+  set("original", values.original);
+  set("snatAddress", values.snat);
+  set("replicationAddress", values["replication-address"]);
+  set("statsSocket", values["stats-socket"]);
+  set("logLevel", values["log-level"]);
+  if (values.replica) {
+    raw.replicas = values.replica.map((r) => {
+      const [id, address] = r.split("=");
+      if (!id || !address) throw new UsageError(`--replica ${r}: expected ID=IP`);
+      return { id, address };
+    });
+  }
+  const config = parseProxyConfig(raw);
+  requireRoot();
+  const log = pino({ level: config.logLevel, base: { component: "proxy" } }, pino.destination(2));
+  const proxy = await Proxy.start(config, log);
+  log.info({ vip: config.vip, port: config.port, original: config.original }, "proxy started");
+  await new Promise<void>((resolve) => {
+    process.once("SIGINT", resolve);
+    process.once("SIGTERM", resolve);
+  });
+  await proxy.stop();
+  log.info("proxy stopped");
+  return 0;
 }
 
 async function pingCommand(rest: string[]): Promise<number> {
@@ -148,6 +222,8 @@ export async function main(argv: string[]): Promise<number> {
     switch (cmd) {
       case "lab":
         return await labCommand(sub, rest);
+      case "proxy":
+        return await proxyCommand(sub === undefined ? [] : [sub, ...rest]);
       case "ping":
         return await pingCommand(sub === undefined ? [] : [sub, ...rest]);
       case "help":
@@ -161,7 +237,7 @@ export async function main(argv: string[]): Promise<number> {
         );
     }
   } catch (e) {
-    if (e instanceof UsageError || e instanceof LabUsageError || e instanceof PingOptionError) {
+    if (e instanceof UsageError || e instanceof LabUsageError || e instanceof PingOptionError || e instanceof ConfigError) {
       process.stderr.write(`tcp-replicator: error: ${e.message}\n${e instanceof UsageError ? USAGE : ""}`);
       return 2;
     }

@@ -20,7 +20,9 @@ import {
   waitUntilDead,
 } from "../sys/process.js";
 import { installKernelPath } from "../proxy/nft.js";
-import { startService, type RunningService } from "./services.js";
+import { spawnInNamespace, startService, type RunningService } from "./services.js";
+import { queryStats } from "../proxy/stats-client.js";
+import { fileURLToPath } from "node:url";
 import {
   LabUsageError,
   MAX_SLOTS,
@@ -46,8 +48,12 @@ export interface LabState {
   /** Main pid of the service on each backend role. */
   services: Record<string, { pid: number; dir: string }>;
   faults: Array<{ target: string; mode: FaultMode; at: string }>;
+  /** The appliance's replication proxy (absent with 0 replicas: kernel path only). */
+  proxy?: { pid: number; statsSocket: string; config: string; log: string };
   createdAt: string;
 }
+
+const CLI_PATH = fileURLToPath(new URL("../cli/main.js", import.meta.url));
 
 export function runDir(): string {
   return process.env.TCP_REPLICATOR_RUN_DIR ?? "/run/tcp-replicator";
@@ -263,6 +269,46 @@ async function waitNetworkReady(t: LabTopology): Promise<void> {
   );
 }
 
+/** Starts the appliance's proxy (kernel path + replication engine) in the appliance namespace. */
+async function startProxy(t: LabTopology): Promise<NonNullable<LabState["proxy"]>> {
+  const dir = labDir(t.name);
+  const config = join(dir, "proxy.json");
+  const statsSocket = join(dir, "proxy.sock");
+  const log = join(dir, "proxy.log");
+  await writeFile(
+    config,
+    JSON.stringify(
+      {
+        vip: t.appliance.vip,
+        port: t.port,
+        original: t.original.address,
+        snatAddress: t.appliance.backendAddress,
+        replicationAddress: t.appliance.replicationAddress,
+        replicas: t.replicas.map((r) => ({ id: r.role, address: r.address })),
+        statsSocket,
+        logLevel: "info",
+      },
+      null,
+      2,
+    ),
+  );
+  const pid = await spawnInNamespace(t.appliance.namespace, [process.execPath, CLI_PATH, "proxy", "--config", config], log);
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    try {
+      await queryStats(statsSocket, 1000);
+      return { pid, statsSocket, config, log };
+    } catch {
+      if (!isAlive(pid)) {
+        const text = await readFile(log, "utf8").catch(() => "");
+        throw new Error(`the proxy exited during start: ${text.trim().slice(-2000)}`);
+      }
+      if (Date.now() > deadline) throw new Error("the proxy did not answer on its stats socket within 15 s");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
+
 export interface LabUpOptions {
   name: string;
   replicas: number | string;
@@ -304,12 +350,6 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
     };
     await saveState(state);
     await buildNetwork(topology);
-    await installKernelPath(topology.appliance.namespace, {
-      vip: topology.appliance.vip,
-      port: topology.port,
-      original: topology.original.address,
-      snatAddress: topology.appliance.backendAddress,
-    });
     const docroot = join(labDir(name), "www");
     if (service === "http") await writeWwwTree(docroot);
     const started: RunningService[] = await Promise.all(
@@ -322,6 +362,17 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
       state.services[b.role] = { pid: s.pid, dir: s.dir };
     });
     await saveState(state);
+    if (replicas === 0) {
+      await installKernelPath(topology.appliance.namespace, {
+        vip: topology.appliance.vip,
+        port: topology.port,
+        original: topology.original.address,
+        snatAddress: topology.appliance.backendAddress,
+      });
+    } else {
+      state.proxy = await startProxy(topology);
+      await saveState(state);
+    }
     return state;
   } catch (e) {
     await labDown(name).catch(() => undefined);

@@ -71,7 +71,7 @@ Timeout 60
 `;
 }
 
-async function spawnInNamespace(namespace: string, argv: string[], logPath: string): Promise<number> {
+export async function spawnInNamespace(namespace: string, argv: string[], logPath: string): Promise<number> {
   const log = await open(logPath, "a");
   try {
     const child = spawn("ip", ["netns", "exec", namespace, ...argv], {

@@ -13,6 +13,8 @@ export interface KernelPathConfig {
   /** Source address the original sees (SNAT); the appliance's address on the backend LAN. */
   snatAddress: string;
   table?: string;
+  /** With replication on: the engine's source address and the mark its raw packets carry. */
+  replication?: { address: string; mark: number };
 }
 
 const IPV4_RE = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
@@ -32,6 +34,14 @@ function checkConfig(c: KernelPathConfig): void {
   if (!Number.isInteger(c.port) || c.port < 1 || c.port > 65535) {
     throw new Error(`kernel path: port ${c.port} out of range 1..65535`);
   }
+  if (c.replication) {
+    if (!isIPv4(c.replication.address)) {
+      throw new Error(`kernel path: replication address ${JSON.stringify(c.replication.address)} is not an IPv4 address`);
+    }
+    if (!Number.isInteger(c.replication.mark) || c.replication.mark < 1 || c.replication.mark > 0xffffffff) {
+      throw new Error(`kernel path: mark ${c.replication.mark} out of range`);
+    }
+  }
   if (c.table !== undefined && !/^[a-z_][a-z0-9_]{0,30}$/.test(c.table)) {
     throw new Error(`kernel path: bad table name ${JSON.stringify(c.table)}`);
   }
@@ -45,6 +55,28 @@ function checkConfig(c: KernelPathConfig): void {
 export function renderKernelPath(c: KernelPathConfig): string {
   checkConfig(c);
   const t = c.table ?? TABLE_NAME;
+  const rep = c.replication;
+  // With replication, three more things happen in the kernel:
+  // - replicas' replies to the engine's address are dropped before conntrack (priority raw):
+  //   the engine sees them in its capture, the kernel never answers them with a RST;
+  // - the engine's own raw packets (marked) skip conntrack;
+  // - the original's FIN and RST are held: the engine releases them to the client once it knows
+  //   the close is a normal one (replicas close the same way) and not the death of the original.
+  const replicationChains = rep
+    ? `
+  chain raw_prerouting {
+    type filter hook prerouting priority raw; policy accept;
+    ip daddr ${rep.address} tcp sport ${c.port} counter drop comment "replica-replies-to-engine"
+  }
+  chain raw_output {
+    type filter hook output priority raw; policy accept;
+    meta mark ${rep.mark} counter notrack comment "engine-output-notrack"
+  }`
+    : "";
+  const hold = rep
+    ? `
+    ip saddr ${c.original} tcp sport ${c.port} tcp flags & (fin | rst) != 0 counter drop comment "original-close-held"`
+    : "";
   return `table ip ${t} {}
 delete table ip ${t}
 table ip ${t} {
@@ -57,10 +89,10 @@ table ip ${t} {
     ip daddr ${c.original} tcp dport ${c.port} ct status dnat counter snat to ${c.snatAddress} comment "zero-config-snat"
   }
   chain forward {
-    type filter hook forward priority filter; policy accept;
+    type filter hook forward priority filter; policy accept;${hold}
     ip daddr ${c.original} tcp dport ${c.port} ct status dnat counter comment "client-to-original"
     ip saddr ${c.original} tcp sport ${c.port} ct status dnat counter comment "original-to-client"
-  }
+  }${replicationChains}
 }
 `;
 }

@@ -1,0 +1,118 @@
+// The proxy's configuration: parsed from a JSON file and/or command-line flags, validated field by
+// field. Anything unknown or malformed is a ConfigError naming the field; nothing starts with a
+// config that is not fully valid.
+import { isIPv4 } from "./nft.js";
+import { DEFAULT_LIMITS, type EngineLimits } from "../replica/types.js";
+
+export class ConfigError extends Error {}
+
+export interface ProxyConfig {
+  /** Address clients connect to (must be local to the appliance). */
+  vip: string;
+  port: number;
+  original: string;
+  /** The original's peer address (kernel SNAT); the appliance's address toward the backends. */
+  snatAddress: string;
+  /** Source address of the shadow conversations; added to the backend interface by the proxy. */
+  replicationAddress: string;
+  replicas: Array<{ id: string; address: string }>;
+  captureDevice: string;
+  captureBufferBytes: number;
+  /** Firewall mark of the engine's raw packets. */
+  mark: number;
+  table: string;
+  /** Unix socket answering with the proxy's statistics as JSON (optional). */
+  statsSocket: string | undefined;
+  limits: EngineLimits;
+  finHoldMs: number;
+  logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+}
+
+const KNOWN = new Set([
+  "vip",
+  "port",
+  "original",
+  "snatAddress",
+  "replicationAddress",
+  "replicas",
+  "captureDevice",
+  "captureBufferBytes",
+  "mark",
+  "table",
+  "statsSocket",
+  "limits",
+  "finHoldMs",
+  "logLevel",
+]);
+const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+
+function ip(raw: Record<string, unknown>, key: string): string {
+  const v = raw[key];
+  if (typeof v !== "string" || !isIPv4(v)) throw new ConfigError(`${key}: expected an IPv4 address, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function int(raw: Record<string, unknown>, key: string, lo: number, hi: number, dflt?: number): number {
+  const v = raw[key] ?? dflt;
+  if (typeof v !== "number" || !Number.isInteger(v) || v < lo || v > hi) {
+    throw new ConfigError(`${key}: expected an integer from ${lo} to ${hi}, got ${JSON.stringify(raw[key])}`);
+  }
+  return v;
+}
+
+export function parseProxyConfig(raw: unknown): ProxyConfig {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new ConfigError("config: expected a JSON object");
+  const r = raw as Record<string, unknown>;
+  for (const k of Object.keys(r)) if (!KNOWN.has(k)) throw new ConfigError(`unknown field ${JSON.stringify(k)}`);
+  const replicasRaw = r.replicas ?? [];
+  if (!Array.isArray(replicasRaw)) throw new ConfigError("replicas: expected an array");
+  const replicas = replicasRaw.map((x: unknown, i) => {
+    if (typeof x !== "object" || x === null) throw new ConfigError(`replicas[${i}]: expected {id, address}`);
+    const o = x as Record<string, unknown>;
+    for (const k of Object.keys(o)) if (k !== "id" && k !== "address") throw new ConfigError(`replicas[${i}]: unknown field ${JSON.stringify(k)}`);
+    if (typeof o.id !== "string" || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(o.id)) {
+      throw new ConfigError(`replicas[${i}].id: expected a name of letters, digits, '.', '_', '-'`);
+    }
+    return { id: o.id, address: ip(o, "address") };
+  });
+  const ids = new Set(replicas.map((x) => x.id));
+  if (ids.size !== replicas.length) throw new ConfigError("replicas: ids must be unique");
+  const addrs = new Set(replicas.map((x) => x.address));
+  if (addrs.size !== replicas.length) throw new ConfigError("replicas: addresses must be unique");
+
+  const limitsRaw = r.limits ?? {};
+  if (typeof limitsRaw !== "object" || limitsRaw === null) throw new ConfigError("limits: expected an object");
+  const lr = limitsRaw as Record<string, unknown>;
+  for (const k of Object.keys(lr)) if (!(k in DEFAULT_LIMITS)) throw new ConfigError(`limits: unknown field ${JSON.stringify(k)}`);
+  const limits: EngineLimits = {
+    perConnectionBytes: int(lr, "perConnectionBytes", 4096, 2 ** 40, DEFAULT_LIMITS.perConnectionBytes),
+    perReplicaBytes: int(lr, "perReplicaBytes", 4096, 2 ** 40, DEFAULT_LIMITS.perReplicaBytes),
+    globalBytes: int(lr, "globalBytes", 4096, 2 ** 40, DEFAULT_LIMITS.globalBytes),
+    outOfOrderBytes: int(lr, "outOfOrderBytes", 0, 2 ** 40, DEFAULT_LIMITS.outOfOrderBytes),
+    maxConnections: int(lr, "maxConnections", 1, 10_000_000, DEFAULT_LIMITS.maxConnections),
+  };
+
+  const cfg: ProxyConfig = {
+    vip: ip(r, "vip"),
+    port: int(r, "port", 1, 65535),
+    original: ip(r, "original"),
+    snatAddress: ip(r, "snatAddress"),
+    replicationAddress: ip(r, "replicationAddress"),
+    replicas,
+    captureDevice: typeof r.captureDevice === "string" ? r.captureDevice : "any",
+    captureBufferBytes: int(r, "captureBufferBytes", 1 << 16, 1 << 30, 64 << 20),
+    mark: int(r, "mark", 1, 0xffffffff, 0x7472),
+    table: typeof r.table === "string" ? r.table : "tcp_replicator",
+    statsSocket: typeof r.statsSocket === "string" ? r.statsSocket : undefined,
+    limits,
+    finHoldMs: int(r, "finHoldMs", 1, 600_000, 2000),
+    logLevel: (r.logLevel ?? "info") as ProxyConfig["logLevel"],
+  };
+  if (!(LOG_LEVELS as readonly string[]).includes(cfg.logLevel)) throw new ConfigError(`logLevel: one of ${LOG_LEVELS.join(", ")}`);
+  if (!/^[a-z_][a-z0-9_]{0,30}$/.test(cfg.table)) throw new ConfigError(`table: bad nftables table name ${JSON.stringify(cfg.table)}`);
+  const roles = [cfg.vip, cfg.original, cfg.snatAddress, cfg.replicationAddress, ...replicas.map((x) => x.address)];
+  if (new Set(roles).size !== roles.length) {
+    throw new ConfigError("vip, original, snatAddress, replicationAddress and replica addresses must all differ");
+  }
+  return cfg;
+}

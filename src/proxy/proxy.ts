@@ -1,0 +1,174 @@
+// The appliance's data plane at run time: installs the kernel path and the replication rules,
+// captures, feeds the engine, injects what it produces, and runs its timers. Started and stopped
+// as a unit; stop() (also on SIGINT/SIGTERM) removes everything it added to the system.
+import { createServer, type Server } from "node:net";
+import { rm } from "node:fs/promises";
+import type { Logger } from "pino";
+import { run, runStatus } from "../sys/command.js";
+import { parseIPv4 } from "../wire/ipv4.js";
+import { ReplicationEngine } from "../replica/engine.js";
+import { defaultConfig, type EngineStats } from "../replica/types.js";
+import { Capture, captureFilter } from "./capture.js";
+import { Injector } from "./inject.js";
+import { installKernelPath, readCounters, removeKernelPath, type RuleCounter } from "./nft.js";
+import type { ProxyConfig } from "./config.js";
+
+export interface ProxyStats {
+  engine: EngineStats;
+  injector: { sent: number; errors: number; queueFull: number; queued: number };
+  kernel: RuleCounter[];
+  uptimeMs: number;
+}
+
+async function routeDevice(address: string): Promise<string> {
+  const out = JSON.parse(await run(["ip", "-j", "route", "get", address])) as Array<{ dev?: string }>;
+  const dev = out[0]?.dev;
+  if (!dev) throw new Error(`no route to ${address}`);
+  return dev;
+}
+
+export class Proxy {
+  private capture: Capture | undefined;
+  private injector: Injector | undefined;
+  private server: Server | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private tickQueued = false;
+  private addedAddress: { address: string; dev: string } | undefined;
+  private readonly started = performance.now();
+  readonly engine: ReplicationEngine;
+
+  private constructor(
+    readonly config: ProxyConfig,
+    private readonly log: Logger,
+  ) {
+    const base = defaultConfig({
+      vip: parseIPv4(config.vip),
+      port: config.port,
+      original: parseIPv4(config.original),
+      snatAddress: parseIPv4(config.snatAddress),
+      replicationAddress: parseIPv4(config.replicationAddress),
+    });
+    this.engine = new ReplicationEngine({ ...base, limits: config.limits, finHoldMs: config.finHoldMs });
+    for (const r of config.replicas) this.engine.addReplica({ id: r.id, address: parseIPv4(r.address) });
+    this.engine.drain();
+  }
+
+  static async start(config: ProxyConfig, log: Logger): Promise<Proxy> {
+    const p = new Proxy(config, log);
+    try {
+      await p.setUp();
+    } catch (e) {
+      await p.stop();
+      throw e;
+    }
+    return p;
+  }
+
+  private async setUp(): Promise<void> {
+    const c = this.config;
+    const replicating = c.replicas.length > 0;
+    await installKernelPath(undefined, {
+      vip: c.vip,
+      port: c.port,
+      original: c.original,
+      snatAddress: c.snatAddress,
+      table: c.table,
+      ...(replicating ? { replication: { address: c.replicationAddress, mark: c.mark } } : {}),
+    });
+    // Held FINs and engine-released segments are unknown to conntrack's window tracking; with
+    // strict tracking the client's ACK of a released FIN would be INVALID, miss NAT and be
+    // answered by our own RST. Liberal tracking only checks RSTs against the window.
+    await run(["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_tcp_be_liberal=1", "net.ipv4.ip_forward=1"]);
+    if (!replicating) {
+      this.log.warn("no replicas configured: kernel path only");
+      return;
+    }
+    const dev = await routeDevice(c.replicas[0]!.address);
+    const r = await runStatus(["ip", "addr", "add", `${c.replicationAddress}/32`, "dev", dev]);
+    if (r.code === 0) this.addedAddress = { address: c.replicationAddress, dev };
+    else if (!/File exists/.test(r.stderr)) throw new Error(`cannot add ${c.replicationAddress} to ${dev}: ${r.stderr.trim()}`);
+    this.injector = new Injector(c.mark);
+    const filter = captureFilter(this.engine.config);
+    this.capture = new Capture(c.captureDevice, filter, c.captureBufferBytes, {
+      segment: (seg) => {
+        this.engine.onSegment(seg, performance.now());
+        this.flush();
+      },
+      reject: (reason) => this.engine.reject(reason),
+    });
+    if (c.statsSocket) await this.listenStats(c.statsSocket);
+    this.log.info({ replicas: c.replicas, filter }, "replicating");
+  }
+
+  private flush(): void {
+    for (const o of this.engine.drain()) {
+      if (o.type === "send") this.injector?.send(o.segment);
+      else if (o.event.type === "diverged" || o.event.type === "lagging" || o.event.type === "capture-gap") {
+        this.log.warn(o.event, o.event.type);
+      } else {
+        this.log.debug(o.event, o.event.type);
+      }
+    }
+    if (!this.tickQueued) {
+      this.tickQueued = true;
+      setImmediate(() => this.tick());
+    }
+  }
+
+  private tick(): void {
+    this.tickQueued = false;
+    const next = this.engine.tick(performance.now());
+    for (const o of this.engine.drain()) {
+      if (o.type === "send") this.injector?.send(o.segment);
+      else this.log.debug(o.event, o.event.type);
+    }
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    if (next !== undefined) {
+      this.timer = setTimeout(() => this.tick(), Math.max(0, next - performance.now()));
+    }
+  }
+
+  private async listenStats(path: string): Promise<void> {
+    await rm(path, { force: true });
+    this.server = createServer((sock) => {
+      this.stats().then(
+        (s) => sock.end(JSON.stringify(s) + "\n"),
+        (e: unknown) => sock.end(JSON.stringify({ error: String(e) }) + "\n"),
+      );
+    });
+    await new Promise<void>((resolve, reject) => {
+      this.server!.once("error", reject);
+      this.server!.listen(path, () => resolve());
+    });
+  }
+
+  async stats(): Promise<ProxyStats> {
+    const kernel = await readCounters(undefined, this.config.table).catch(() => []);
+    const inj = this.injector;
+    return {
+      engine: this.engine.stats(),
+      injector: { sent: inj?.sent ?? 0, errors: inj?.errors ?? 0, queueFull: inj?.queueFull ?? 0, queued: inj?.queued ?? 0 },
+      kernel,
+      uptimeMs: Math.round(performance.now() - this.started),
+    };
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer) clearTimeout(this.timer);
+    this.capture?.close();
+    this.capture = undefined;
+    this.injector?.close();
+    this.injector = undefined;
+    if (this.server) {
+      await new Promise<void>((r) => this.server!.close(() => r()));
+      this.server = undefined;
+      if (this.config.statsSocket) await rm(this.config.statsSocket, { force: true });
+    }
+    await removeKernelPath(undefined, this.config.table).catch(() => undefined);
+    if (this.addedAddress) {
+      await runStatus(["ip", "addr", "del", `${this.addedAddress.address}/32`, "dev", this.addedAddress.dev]);
+      this.addedAddress = undefined;
+    }
+  }
+}
