@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   iproute2 nftables ethtool procps psmisc iputils-ping curl ca-certificates
-  libpcap-dev build-essential python3
+  libpcap-dev tcpdump build-essential python3
   redis-server redis-tools apache2
 )
 

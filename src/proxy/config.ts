@@ -100,7 +100,7 @@ export function parseProxyConfig(raw: unknown): ProxyConfig {
     replicationAddress: ip(r, "replicationAddress"),
     replicas,
     captureDevice: typeof r.captureDevice === "string" ? r.captureDevice : "any",
-    captureBufferBytes: int(r, "captureBufferBytes", 1 << 16, 1 << 30, 64 << 20),
+    captureBufferBytes: int(r, "captureBufferBytes", 1 << 16, 1 << 30, 32 << 20),
     mark: int(r, "mark", 1, 0xffffffff, 0x7472),
     table: typeof r.table === "string" ? r.table : "tcp_replicator",
     statsSocket: typeof r.statsSocket === "string" ? r.statsSocket : undefined,

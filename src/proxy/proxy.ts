@@ -8,14 +8,15 @@ import { run, runStatus } from "../sys/command.js";
 import { parseIPv4 } from "../wire/ipv4.js";
 import { ReplicationEngine } from "../replica/engine.js";
 import { defaultConfig, type EngineStats } from "../replica/types.js";
-import { Capture, captureFilter } from "./capture.js";
+import { Capture, captureFilter, type CaptureCounters } from "./capture.js";
 import { Injector } from "./inject.js";
 import { installKernelPath, readCounters, removeKernelPath, type RuleCounter } from "./nft.js";
 import type { ProxyConfig } from "./config.js";
 
 export interface ProxyStats {
   engine: EngineStats;
-  injector: { sent: number; errors: number; queueFull: number; queued: number };
+  capture: CaptureCounters & { running: boolean };
+  injector: { sent: number; errors: number; lastError: string | null };
   kernel: RuleCounter[];
   uptimeMs: number;
 }
@@ -89,7 +90,7 @@ export class Proxy {
     else if (!/File exists/.test(r.stderr)) throw new Error(`cannot add ${c.replicationAddress} to ${dev}: ${r.stderr.trim()}`);
     this.injector = new Injector(c.mark);
     const filter = captureFilter(this.engine.config);
-    this.capture = new Capture(c.captureDevice, filter, c.captureBufferBytes, {
+    this.capture = await Capture.start(c.captureDevice, filter, c.captureBufferBytes, {
       segment: (seg) => {
         this.engine.onSegment(seg, performance.now());
         this.flush();
@@ -146,9 +147,13 @@ export class Proxy {
   async stats(): Promise<ProxyStats> {
     const kernel = await readCounters(undefined, this.config.table).catch(() => []);
     const inj = this.injector;
+    const capture = this.capture
+      ? { ...(await this.capture.refreshCounters()), running: this.capture.running }
+      : { records: 0, kernelDropped: 0, receivedByFilter: 0, running: false };
     return {
       engine: this.engine.stats(),
-      injector: { sent: inj?.sent ?? 0, errors: inj?.errors ?? 0, queueFull: inj?.queueFull ?? 0, queued: inj?.queued ?? 0 },
+      capture,
+      injector: { sent: inj?.sent ?? 0, errors: inj?.errors ?? 0, lastError: inj?.lastError ?? null },
       kernel,
       uptimeMs: Math.round(performance.now() - this.started),
     };

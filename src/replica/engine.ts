@@ -382,7 +382,7 @@ export class ReplicationEngine {
       const replyEnd = conn.original.end + (conn.originalFinOffset === conn.original.end ? 1 : 0);
       if (conn.clientAckOffset > replyEnd && !conn.captureGap && conn.originalIsn !== undefined) {
         // The client acknowledged reply bytes we never captured: they cannot be verified.
-        this.captureGapDetected(conn, "original");
+        this.captureGapDetected(conn, "original", conn.clientAckOffset, replyEnd);
       }
     }
 
@@ -472,7 +472,9 @@ export class ReplicationEngine {
       const ackOff = toOffset(seg.ack, conn.clientIsn, conn.originalAckOffset);
       if (ackOff > conn.originalAckOffset) conn.originalAckOffset = ackOff;
       const clientEnd = conn.client.end + (conn.clientFinReady ? 1 : 0);
-      if (conn.originalAckOffset > clientEnd && !conn.captureGap) this.captureGapDetected(conn, "client");
+      if (conn.originalAckOffset > clientEnd && !conn.captureGap) {
+        this.captureGapDetected(conn, "client", conn.originalAckOffset, clientEnd);
+      }
     }
     const off = toOffset(seg.seq, conn.originalIsn, conn.original.end);
     if (seg.payload.length > 0) {
@@ -974,10 +976,15 @@ export class ReplicationEngine {
     this.releaseOriginal(conn);
   }
 
-  private captureGapDetected(conn: ReplicatedConnection, direction: "client" | "original"): void {
+  private captureGapDetected(
+    conn: ReplicatedConnection,
+    direction: "client" | "original",
+    acked: number,
+    captured: number,
+  ): void {
     conn.captureGap = true;
     this.counters.captureGaps++;
-    this.event({ type: "capture-gap", conn: conn.id, direction });
+    this.event({ type: "capture-gap", conn: conn.id, direction, acked, captured });
     for (const s of conn.shadows.values()) {
       if (!s.live) continue;
       if (direction === "client") {

@@ -81,7 +81,7 @@ export type EngineEvent =
   | { type: "lagging"; conn: string; replica: string; reason: string }
   | { type: "unverified"; conn: string; replica: string; reason: string }
   | { type: "close-released"; conn: string; kind: "fin" | "rst"; heldMs: number; matched: boolean }
-  | { type: "capture-gap"; conn: string; direction: "client" | "original" }
+  | { type: "capture-gap"; conn: string; direction: "client" | "original"; acked: number; captured: number }
   | { type: "replica-added"; replica: string }
   | { type: "replica-removed"; replica: string };
 

@@ -21,6 +21,10 @@ declare module "raw-socket" {
       afterCallback: (error: Error | null, bytes: number) => void,
     ): void;
     setOption(level: number, option: number, value: number): void;
+    /** The native socket: send() here is a synchronous sendto(). */
+    wrap: {
+      send(buffer: Buffer, offset: number, length: number, address: string, callback: (bytes: number) => void): void;
+    };
     close(): void;
     on(event: "error", listener: (error: Error) => void): this;
   }
