@@ -237,7 +237,12 @@ export async function main(argv: string[]): Promise<number> {
         );
     }
   } catch (e) {
-    if (e instanceof UsageError || e instanceof LabUsageError || e instanceof PingOptionError || e instanceof ConfigError) {
+    if (
+      e instanceof UsageError ||
+      e instanceof LabUsageError ||
+      e instanceof PingOptionError ||
+      e instanceof ConfigError
+    ) {
       process.stderr.write(`tcp-replicator: error: ${e.message}\n${e instanceof UsageError ? USAGE : ""}`);
       return 2;
     }

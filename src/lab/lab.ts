@@ -292,7 +292,11 @@ async function startProxy(t: LabTopology): Promise<NonNullable<LabState["proxy"]
       2,
     ),
   );
-  const pid = await spawnInNamespace(t.appliance.namespace, [process.execPath, CLI_PATH, "proxy", "--config", config], log);
+  const pid = await spawnInNamespace(
+    t.appliance.namespace,
+    [process.execPath, CLI_PATH, "proxy", "--config", config],
+    log,
+  );
   const deadline = Date.now() + 15_000;
   for (;;) {
     try {

@@ -1,17 +1,30 @@
-// Capture of the segments the engine must see, through libpcap as packaged in tcpdump: one handle
-// on the "any" device (it keeps the kernel's order across interfaces: the client's SYN on the
-// client link always comes before its NATed copy on the backend link), immediate mode, a BPF
-// filter, a 32 MiB kernel ring, and the records streamed to us as pcap over a pipe.
+// Capture of the segments the engine must see, through libpcap: one handle on the "any" device
+// (it keeps the kernel's order across interfaces: the client's SYN on the client link always comes
+// before its NATed copy on the backend link), immediate mode, a BPF filter, a 32 MiB kernel ring.
+// libpcap runs in a small helper process of ours (native/pcap-pipe.c) that streams pcap records
+// over a pipe, one write per wake-up: a lone packet leaves at once, a burst costs one syscall.
 //
 // Why not the `cap` addon: under load it corrupts the heap ("malloc(): unsorted double linked list
-// corrupted" with an empty handler, 20k requests/s, libpcap 1.10.3, Node 20), and with a small
-// ring it silently loses packets. tcpdump is libpcap too, isolated in its own process, and it
-// reports the kernel's drop count, which we surface.
+// corrupted" with an empty handler, 20k requests/s, libpcap 1.10.3, Node 20). Why not tcpdump -U:
+// one write per packet; at ~50k packets/s on two busy cores the ring overflowed. The helper also
+// reports libpcap's drop counter every second, which we surface.
 import { spawn, type ChildProcess } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import { parseLinkLayer, DLT_LINUX_SLL } from "../wire/link.js";
 import { PcapStreamReader } from "../wire/pcap.js";
 import { parseSegment, type TcpSegment } from "../wire/tcp.js";
 import { formatIPv4 } from "../wire/ipv4.js";
+
+/**
+ * Bytes kept per packet. Whole packets are needed (payloads are compared), and with offloads off
+ * none exceeds the MTU. It must stay small: in immediate mode libpcap uses fixed-size ring slots
+ * of this size, so a 256 KiB snaplen leaves a 32 MiB ring with ~128 slots and the kernel drops
+ * packets at a few thousand per second; at 2 KiB the same ring holds ~16k packets. A longer
+ * packet arrives truncated and is rejected (counted as "truncated").
+ */
+export const SNAPLEN = 2048;
+export const CAPTURE_NICE = -15;
+export const PCAP_PIPE = fileURLToPath(new URL("../../native/pcap-pipe", import.meta.url));
 
 export interface CaptureFilterAddresses {
   vip: number;
@@ -36,12 +49,14 @@ export function captureFilter(a: CaptureFilterAddresses): string {
 
 export interface CaptureSink {
   segment(seg: TcpSegment, timeUs: number): void;
+  /** The end of a batch of records that arrived together. */
+  batchEnd(): void;
   reject(reason: string): void;
 }
 
 export interface CaptureCounters {
   records: number;
-  /** Packets the kernel dropped because the ring was full (tcpdump's count, refreshed on stats()). */
+  /** Packets the kernel dropped because the ring was full (libpcap's count, refreshed each second). */
   kernelDropped: number;
   receivedByFilter: number;
 }
@@ -53,11 +68,15 @@ export class Capture {
   readonly counters: CaptureCounters = { records: 0, kernelDropped: 0, receivedByFilter: 0 };
   private exited = false;
 
-  private constructor(device: string, filter: string, bufferKiB: number, sink: CaptureSink) {
+  private constructor(device: string, filter: string, bufferBytes: number, sink: CaptureSink) {
+    // The capture must not be starved by the services it watches (in the lab they share the CPUs;
+    // on a real appliance they would not): it runs at a raised priority.
     this.child = spawn(
-      "tcpdump",
-      ["-i", device, "-y", "LINUX_SLL", "-nn", "-U", "-w", "-", "-s", "262144", "-B", String(bufferKiB), "--immediate-mode", filter],
-      { stdio: ["ignore", "pipe", "pipe"] },
+      "nice",
+      ["-n", String(CAPTURE_NICE), PCAP_PIPE, device, String(SNAPLEN), String(bufferBytes), filter],
+      {
+        stdio: ["ignore", "pipe", "pipe"],
+      },
     );
     this.child.stdout!.on("data", (chunk: Buffer) => {
       let records;
@@ -78,23 +97,30 @@ export class Capture {
         if (!r.ok) sink.reject(r.reason);
         else sink.segment(r.segment, rec.timeUs);
       }
+      sink.batchEnd();
     });
     this.child.stderr!.setEncoding("utf8").on("data", (d: string) => {
       this.stderr = (this.stderr + d).slice(-8192);
-      const dropped = /(\d+) packets? dropped by kernel/g;
+      const stats = /stats received (\d+) dropped (\d+)/g;
       let m;
-      while ((m = dropped.exec(this.stderr))) this.counters.kernelDropped = Number(m[1]);
-      const received = /(\d+) packets? received by filter/g;
-      while ((m = received.exec(this.stderr))) this.counters.receivedByFilter = Number(m[1]);
+      while ((m = stats.exec(this.stderr))) {
+        this.counters.receivedByFilter = Number(m[1]);
+        this.counters.kernelDropped = Number(m[2]);
+      }
     });
     this.child.on("exit", () => {
       this.exited = true;
     });
   }
 
-  /** Starts capturing; resolves once libpcap is listening (tcpdump said so). */
-  static async start(device: string, filter: string, bufferBytes: number, sink: CaptureSink): Promise<Capture> {
-    const c = new Capture(device, filter, Math.max(64, Math.floor(bufferBytes / 1024)), sink);
+  /** Starts capturing; resolves once libpcap is listening (the helper said so). */
+  static async start(
+    device: string,
+    filter: string,
+    bufferBytes: number,
+    sink: CaptureSink,
+  ): Promise<Capture> {
+    const c = new Capture(device, filter, bufferBytes, sink);
     const deadline = Date.now() + 10_000;
     while (!/listening on/.test(c.stderr)) {
       if (c.exited) throw new Error(`capture failed to start: ${c.stderr.trim()}`);
@@ -111,12 +137,8 @@ export class Capture {
     return !this.exited;
   }
 
-  /** Asks tcpdump for its counters (SIGUSR1) and gives them a moment to arrive. */
-  async refreshCounters(): Promise<CaptureCounters> {
-    if (!this.exited) {
-      this.child.kill("SIGUSR1");
-      await new Promise((r) => setTimeout(r, 20));
-    }
+  /** libpcap's counters as the helper last reported them (once a second). */
+  refreshCounters(): CaptureCounters {
     return { ...this.counters };
   }
 

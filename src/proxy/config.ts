@@ -48,7 +48,8 @@ const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"
 
 function ip(raw: Record<string, unknown>, key: string): string {
   const v = raw[key];
-  if (typeof v !== "string" || !isIPv4(v)) throw new ConfigError(`${key}: expected an IPv4 address, got ${JSON.stringify(v)}`);
+  if (typeof v !== "string" || !isIPv4(v))
+    throw new ConfigError(`${key}: expected an IPv4 address, got ${JSON.stringify(v)}`);
   return v;
 }
 
@@ -61,15 +62,19 @@ function int(raw: Record<string, unknown>, key: string, lo: number, hi: number, 
 }
 
 export function parseProxyConfig(raw: unknown): ProxyConfig {
-  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new ConfigError("config: expected a JSON object");
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw))
+    throw new ConfigError("config: expected a JSON object");
   const r = raw as Record<string, unknown>;
-  for (const k of Object.keys(r)) if (!KNOWN.has(k)) throw new ConfigError(`unknown field ${JSON.stringify(k)}`);
+  for (const k of Object.keys(r))
+    if (!KNOWN.has(k)) throw new ConfigError(`unknown field ${JSON.stringify(k)}`);
   const replicasRaw = r.replicas ?? [];
   if (!Array.isArray(replicasRaw)) throw new ConfigError("replicas: expected an array");
   const replicas = replicasRaw.map((x: unknown, i) => {
     if (typeof x !== "object" || x === null) throw new ConfigError(`replicas[${i}]: expected {id, address}`);
     const o = x as Record<string, unknown>;
-    for (const k of Object.keys(o)) if (k !== "id" && k !== "address") throw new ConfigError(`replicas[${i}]: unknown field ${JSON.stringify(k)}`);
+    for (const k of Object.keys(o))
+      if (k !== "id" && k !== "address")
+        throw new ConfigError(`replicas[${i}]: unknown field ${JSON.stringify(k)}`);
     if (typeof o.id !== "string" || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(o.id)) {
       throw new ConfigError(`replicas[${i}].id: expected a name of letters, digits, '.', '_', '-'`);
     }
@@ -81,9 +86,11 @@ export function parseProxyConfig(raw: unknown): ProxyConfig {
   if (addrs.size !== replicas.length) throw new ConfigError("replicas: addresses must be unique");
 
   const limitsRaw = r.limits ?? {};
-  if (typeof limitsRaw !== "object" || limitsRaw === null) throw new ConfigError("limits: expected an object");
+  if (typeof limitsRaw !== "object" || limitsRaw === null)
+    throw new ConfigError("limits: expected an object");
   const lr = limitsRaw as Record<string, unknown>;
-  for (const k of Object.keys(lr)) if (!(k in DEFAULT_LIMITS)) throw new ConfigError(`limits: unknown field ${JSON.stringify(k)}`);
+  for (const k of Object.keys(lr))
+    if (!(k in DEFAULT_LIMITS)) throw new ConfigError(`limits: unknown field ${JSON.stringify(k)}`);
   const limits: EngineLimits = {
     perConnectionBytes: int(lr, "perConnectionBytes", 4096, 2 ** 40, DEFAULT_LIMITS.perConnectionBytes),
     perReplicaBytes: int(lr, "perReplicaBytes", 4096, 2 ** 40, DEFAULT_LIMITS.perReplicaBytes),
@@ -100,7 +107,7 @@ export function parseProxyConfig(raw: unknown): ProxyConfig {
     replicationAddress: ip(r, "replicationAddress"),
     replicas,
     captureDevice: typeof r.captureDevice === "string" ? r.captureDevice : "any",
-    captureBufferBytes: int(r, "captureBufferBytes", 1 << 16, 1 << 30, 32 << 20),
+    captureBufferBytes: int(r, "captureBufferBytes", 1 << 16, 1 << 30, 128 << 20),
     mark: int(r, "mark", 1, 0xffffffff, 0x7472),
     table: typeof r.table === "string" ? r.table : "tcp_replicator",
     statsSocket: typeof r.statsSocket === "string" ? r.statsSocket : undefined,
@@ -108,11 +115,21 @@ export function parseProxyConfig(raw: unknown): ProxyConfig {
     finHoldMs: int(r, "finHoldMs", 1, 600_000, 2000),
     logLevel: (r.logLevel ?? "info") as ProxyConfig["logLevel"],
   };
-  if (!(LOG_LEVELS as readonly string[]).includes(cfg.logLevel)) throw new ConfigError(`logLevel: one of ${LOG_LEVELS.join(", ")}`);
-  if (!/^[a-z_][a-z0-9_]{0,30}$/.test(cfg.table)) throw new ConfigError(`table: bad nftables table name ${JSON.stringify(cfg.table)}`);
-  const roles = [cfg.vip, cfg.original, cfg.snatAddress, cfg.replicationAddress, ...replicas.map((x) => x.address)];
+  if (!(LOG_LEVELS as readonly string[]).includes(cfg.logLevel))
+    throw new ConfigError(`logLevel: one of ${LOG_LEVELS.join(", ")}`);
+  if (!/^[a-z_][a-z0-9_]{0,30}$/.test(cfg.table))
+    throw new ConfigError(`table: bad nftables table name ${JSON.stringify(cfg.table)}`);
+  const roles = [
+    cfg.vip,
+    cfg.original,
+    cfg.snatAddress,
+    cfg.replicationAddress,
+    ...replicas.map((x) => x.address),
+  ];
   if (new Set(roles).size !== roles.length) {
-    throw new ConfigError("vip, original, snatAddress, replicationAddress and replica addresses must all differ");
+    throw new ConfigError(
+      "vip, original, snatAddress, replicationAddress and replica addresses must all differ",
+    );
   }
   return cfg;
 }

@@ -14,7 +14,10 @@ const SO_SNDBUF = 7;
 const SO_MARK = 36;
 
 export class Injector {
-  private readonly socket = raw.createSocket({ addressFamily: raw.AddressFamily.IPv4, protocol: IPPROTO_RAW });
+  private readonly socket = raw.createSocket({
+    addressFamily: raw.AddressFamily.IPv4,
+    protocol: IPPROTO_RAW,
+  });
   sent = 0;
   errors = 0;
   lastError: string | undefined;

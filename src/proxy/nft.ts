@@ -36,7 +36,9 @@ function checkConfig(c: KernelPathConfig): void {
   }
   if (c.replication) {
     if (!isIPv4(c.replication.address)) {
-      throw new Error(`kernel path: replication address ${JSON.stringify(c.replication.address)} is not an IPv4 address`);
+      throw new Error(
+        `kernel path: replication address ${JSON.stringify(c.replication.address)} is not an IPv4 address`,
+      );
     }
     if (!Number.isInteger(c.replication.mark) || c.replication.mark < 1 || c.replication.mark > 0xffffffff) {
       throw new Error(`kernel path: mark ${c.replication.mark} out of range`);

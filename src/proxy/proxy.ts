@@ -3,6 +3,7 @@
 // as a unit; stop() (also on SIGINT/SIGTERM) removes everything it added to the system.
 import { createServer, type Server } from "node:net";
 import { rm } from "node:fs/promises";
+import { setPriority } from "node:os";
 import type { Logger } from "pino";
 import { run, runStatus } from "../sys/command.js";
 import { parseIPv4 } from "../wire/ipv4.js";
@@ -67,6 +68,12 @@ export class Proxy {
 
   private async setUp(): Promise<void> {
     const c = this.config;
+    // Like the capture, the engine must keep up with the services it replicates.
+    try {
+      setPriority(-10);
+    } catch {
+      this.log.warn("could not raise the proxy's scheduling priority");
+    }
     const replicating = c.replicas.length > 0;
     await installKernelPath(undefined, {
       vip: c.vip,
@@ -87,12 +94,14 @@ export class Proxy {
     const dev = await routeDevice(c.replicas[0]!.address);
     const r = await runStatus(["ip", "addr", "add", `${c.replicationAddress}/32`, "dev", dev]);
     if (r.code === 0) this.addedAddress = { address: c.replicationAddress, dev };
-    else if (!/File exists/.test(r.stderr)) throw new Error(`cannot add ${c.replicationAddress} to ${dev}: ${r.stderr.trim()}`);
+    else if (!/File exists/.test(r.stderr))
+      throw new Error(`cannot add ${c.replicationAddress} to ${dev}: ${r.stderr.trim()}`);
     this.injector = new Injector(c.mark);
     const filter = captureFilter(this.engine.config);
     this.capture = await Capture.start(c.captureDevice, filter, c.captureBufferBytes, {
-      segment: (seg) => {
-        this.engine.onSegment(seg, performance.now());
+      segment: (seg) => this.engine.onSegment(seg, performance.now()),
+      batchEnd: () => {
+        this.engine.flush(performance.now());
         this.flush();
       },
       reject: (reason) => this.engine.reject(reason),
@@ -119,6 +128,7 @@ export class Proxy {
   private tick(): void {
     this.tickQueued = false;
     const next = this.engine.tick(performance.now());
+    this.engine.flush(performance.now());
     for (const o of this.engine.drain()) {
       if (o.type === "send") this.injector?.send(o.segment);
       else this.log.debug(o.event, o.event.type);
@@ -148,7 +158,7 @@ export class Proxy {
     const kernel = await readCounters(undefined, this.config.table).catch(() => []);
     const inj = this.injector;
     const capture = this.capture
-      ? { ...(await this.capture.refreshCounters()), running: this.capture.running }
+      ? { ...this.capture.refreshCounters(), running: this.capture.running }
       : { records: 0, kernelDropped: 0, receivedByFilter: 0, running: false };
     return {
       engine: this.engine.stats(),

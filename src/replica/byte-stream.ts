@@ -86,10 +86,12 @@ export class ByteStream {
     for (const c of this.ooo) {
       const cEnd = c.offset + c.data.length;
       if (cEnd <= cursor || c.offset >= end) continue;
-      if (c.offset > cursor) pieces.push({ offset: cursor, data: Buffer.from(data.subarray(cursor - offset, c.offset - offset)) });
+      if (c.offset > cursor)
+        pieces.push({ offset: cursor, data: Buffer.from(data.subarray(cursor - offset, c.offset - offset)) });
       cursor = Math.max(cursor, cEnd);
     }
-    if (cursor < end) pieces.push({ offset: cursor, data: Buffer.from(data.subarray(cursor - offset, end - offset)) });
+    if (cursor < end)
+      pieces.push({ offset: cursor, data: Buffer.from(data.subarray(cursor - offset, end - offset)) });
     for (const p of pieces) {
       if (this.oooHeld + p.data.length > this.maxOutOfOrder) {
         this.oooRefused += p.data.length;

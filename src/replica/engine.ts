@@ -16,7 +16,14 @@ import { ACK, FIN, PSH, RST, SYN, findOption, type TcpOption, type TcpSegment } 
 import { formatIPv4 } from "../wire/ipv4.js";
 import { ByteStream } from "./byte-stream.js";
 import { ShadowConversation } from "./shadow.js";
-import type { EngineConfig, EngineEvent, EngineOutput, EngineStats, ReplicaInfo, ReplicaStats } from "./types.js";
+import type {
+  EngineConfig,
+  EngineEvent,
+  EngineOutput,
+  EngineStats,
+  ReplicaInfo,
+  ReplicaStats,
+} from "./types.js";
 
 const TWO32 = 4294967296;
 
@@ -27,7 +34,7 @@ export function toOffset(seq: number, isn: number, ref: number): number {
 }
 
 export function toSeq(offset: number, isn: number): number {
-  return (isn + 1 + (offset % TWO32)) % TWO32 >>> 0;
+  return ((isn + 1 + (offset % TWO32)) % TWO32) >>> 0;
 }
 
 function copyOptions(options: readonly TcpOption[]): TcpOption[] {
@@ -127,6 +134,8 @@ export class ReplicationEngine {
   /** NATed SYNs seen before the client's SYN: client ISN -> NAT port. */
   private readonly pendingNat = new Map<number, number>();
   private readonly replicas = new Map<string, ReplicaCounters>();
+  /** Connections with sends due at the next flush(). */
+  private readonly dirty = new Set<ReplicatedConnection>();
   private out: EngineOutput[] = [];
   private ipId = 0;
   private nextPort: number;
@@ -171,7 +180,8 @@ export class ReplicationEngine {
   addReplica(info: ReplicaInfo): void {
     if (this.replicas.has(info.id)) throw new Error(`replica ${info.id} exists already`);
     for (const r of this.replicas.values()) {
-      if (r.info.address === info.address) throw new Error(`replica address ${formatIPv4(info.address)} is ${r.info.id}'s`);
+      if (r.info.address === info.address)
+        throw new Error(`replica address ${formatIPv4(info.address)} is ${r.info.id}'s`);
     }
     this.replicas.set(info.id, {
       info,
@@ -218,6 +228,29 @@ export class ReplicationEngine {
 
   connections(): IterableIterator<ReplicatedConnection> {
     return this.conns.values();
+  }
+
+  /**
+   * Sends what the segments since the last flush made due: client bytes to each replica (as few,
+   * as large segments as the window allows) and owed ACKs. The I/O edge calls it after each batch
+   * of captured segments, so the more segments arrive together, the fewer go out: when the engine
+   * falls behind, it batches more instead of falling further behind.
+   */
+  flush(now: number): void {
+    for (const conn of this.dirty) {
+      for (const s of conn.shadows.values()) {
+        if (s.state !== "open") continue;
+        const before = s.segmentsSent;
+        this.trySend(conn, s, now);
+        const sentData = s.segmentsSent !== before;
+        if (s.ackOwed || (!sentData && this.ackFor(conn, s) > s.rcvAcked)) this.sendAck(conn, s);
+        s.ackOwed = false;
+        if (s.sndWnd === 0 && s.sndNxt < conn.client.end && s.rtoDeadline === undefined) {
+          s.rtoDeadline = now + s.rtoMs; // persist timer: probe the zero window
+        }
+      }
+    }
+    this.dirty.clear();
   }
 
   onSegment(seg: TcpSegment, now: number): void {
@@ -299,7 +332,10 @@ export class ReplicationEngine {
         lagging: r.lagging,
         unverified: r.unverified,
         bufferedBytes: r.buffered,
-        rttUs: { samples: r.rttSamples, srtt: r.lastSrttMs === undefined ? null : Math.round(r.lastSrttMs * 1000) },
+        rttUs: {
+          samples: r.rttSamples,
+          srtt: r.lastSrttMs === undefined ? null : Math.round(r.lastSrttMs * 1000),
+        },
       };
     });
     let oooRefused = 0;
@@ -308,7 +344,13 @@ export class ReplicationEngine {
       for (const s of c.shadows.values()) oooRefused += s.reply.oooRefused;
     }
     return {
-      packets: { client: k.client, original: k.original, natSyn: k.natSyn, replica: k.replica, unmatched: k.unmatched },
+      packets: {
+        client: k.client,
+        original: k.original,
+        natSyn: k.natSyn,
+        replica: k.replica,
+        unmatched: k.unmatched,
+      },
       rejected: { ...this.rejected },
       connections: {
         active: this.conns.size,
@@ -340,7 +382,15 @@ export class ReplicationEngine {
         this.counters.notReplicated++;
         return;
       }
-      conn = new ReplicatedConnection(key, seg.src, seg.srcPort, seg.seq, seg, now, this.config.limits.outOfOrderBytes);
+      conn = new ReplicatedConnection(
+        key,
+        seg.src,
+        seg.srcPort,
+        seg.seq,
+        seg,
+        now,
+        this.config.limits.outOfOrderBytes,
+      );
       this.conns.set(key, conn);
       const nat = this.pendingNat.get(seg.seq);
       if (nat !== undefined) {
@@ -390,15 +440,14 @@ export class ReplicationEngine {
       const off = toOffset(seg.seq, conn.clientIsn, conn.client.end);
       const grew = conn.client.write(off, seg.payload);
       this.counters.clientBytes += grew;
-      if (seg.flags & FIN && conn.clientFinOffset === undefined) conn.clientFinOffset = off + seg.payload.length;
+      if (seg.flags & FIN && conn.clientFinOffset === undefined)
+        conn.clientFinOffset = off + seg.payload.length;
     }
 
     for (const s of conn.shadows.values()) {
-      if (s.state !== "open") continue;
-      this.trySend(conn, s, now);
-      const windowOpened = oldWindow !== seg.window && s.lastWindowSent < seg.window;
-      if (this.ackFor(conn, s) > s.rcvAcked || windowOpened) this.sendAck(conn, s);
+      if (s.state === "open" && oldWindow !== seg.window && s.lastWindowSent < seg.window) s.ackOwed = true;
     }
+    this.dirty.add(conn);
     this.checkDone(conn, now);
     this.enforceLimits(conn);
   }
@@ -483,7 +532,8 @@ export class ReplicationEngine {
     }
     if (seg.flags & (FIN | RST)) {
       const kind = seg.flags & RST ? "rst" : "fin";
-      if (kind === "fin" && conn.originalFinOffset === undefined) conn.originalFinOffset = off + seg.payload.length;
+      if (kind === "fin" && conn.originalFinOffset === undefined)
+        conn.originalFinOffset = off + seg.payload.length;
       const view = this.clientView(conn, seg);
       if (conn.held?.released) {
         // A retransmission of what was released already (the client's ACK was lost): pass it on.
@@ -530,7 +580,13 @@ export class ReplicationEngine {
       } else if (s.replicaFinOffset === undefined) {
         waiting = true;
       } else if (s.replicaFinOffset !== conn.originalFinOffset) {
-        this.setStatus(conn, s, "diverged", `closed at offset ${s.replicaFinOffset}, original at ${conn.originalFinOffset}`, Math.min(s.replicaFinOffset, conn.originalFinOffset ?? 0));
+        this.setStatus(
+          conn,
+          s,
+          "diverged",
+          `closed at offset ${s.replicaFinOffset}, original at ${conn.originalFinOffset}`,
+          Math.min(s.replicaFinOffset, conn.originalFinOffset ?? 0),
+        );
       }
     }
     if (!waiting) this.releaseClose(conn, now, false);
@@ -542,13 +598,26 @@ export class ReplicationEngine {
     if (timedOut) {
       this.counters.closeHoldTimeouts++;
       for (const s of conn.shadows.values()) {
-        if (s.comparing) this.setStatus(conn, s, "diverged", `did not ${held.kind === "fin" ? "close" : "reset"} with the original`, s.compared);
+        if (s.comparing)
+          this.setStatus(
+            conn,
+            s,
+            "diverged",
+            `did not ${held.kind === "fin" ? "close" : "reset"} with the original`,
+            s.compared,
+          );
       }
     }
     held.released = true;
     this.counters.closesReleased++;
     this.out.push({ type: "send", segment: held.segment, to: "client" });
-    this.event({ type: "close-released", conn: conn.id, kind: held.kind, heldMs: now - held.since, matched: !timedOut });
+    this.event({
+      type: "close-released",
+      conn: conn.id,
+      kind: held.kind,
+      heldMs: now - held.since,
+      matched: !timedOut,
+    });
     if (held.kind === "rst") {
       for (const s of conn.shadows.values()) {
         if (s.live) {
@@ -572,7 +641,8 @@ export class ReplicationEngine {
     }
     const r = this.replicas.get(s.replica.id)!;
     if (seg.flags & RST) {
-      if (s.state === "syn-sent" || (seg.flags & ACK && s.replicaIsn !== undefined)) this.onReplicaRst(conn, s, now);
+      if (s.state === "syn-sent" || (seg.flags & ACK && s.replicaIsn !== undefined))
+        this.onReplicaRst(conn, s, now);
       return;
     }
     if (s.state === "closed") {
@@ -613,14 +683,22 @@ export class ReplicationEngine {
       // ACK when it advances; re-ACK duplicates (our ACK was lost); dup-ACK with SACK across a
       // hole so the replica retransmits it. Never ACK just to say "held by the client": that
       // would look like duplicate ACKs and trigger needless fast retransmits.
-      if (ack > s.rcvAcked || duplicate || hole) this.sendAck(conn, s);
+      if (ack > s.rcvAcked || duplicate || hole) {
+        s.ackOwed = true;
+        this.dirty.add(conn);
+      }
     }
     this.maybeCloseShadow(conn, s);
     this.checkDone(conn, now);
     this.enforceLimits(conn);
   }
 
-  private onReplicaSynAck(conn: ReplicatedConnection, s: ShadowConversation, seg: TcpSegment, now: number): void {
+  private onReplicaSynAck(
+    conn: ReplicatedConnection,
+    s: ShadowConversation,
+    seg: TcpSegment,
+    now: number,
+  ): void {
     s.replicaIsn = seg.seq;
     s.state = "open";
     s.sndUna = 0;
@@ -640,8 +718,9 @@ export class ReplicationEngine {
     const mss = findOption(seg.options, "mss")?.value ?? 536;
     s.maxPayload = Math.max(1, Math.min(mss, this.config.mtu - 40) - (s.tsOk ? 12 : 0));
     s.sndWnd = seg.window; // never scaled in a SYN
-    this.sendAck(conn, s);
-    this.trySend(conn, s, now);
+    s.ackOwed = true;
+    this.dirty.add(conn);
+    void now;
   }
 
   private onReplicaAck(
@@ -660,7 +739,8 @@ export class ReplicationEngine {
       const acked = Math.min(ackOff, conn.clientFinOffset ?? Infinity) - Math.max(0, s.sndUna);
       r.bytesAcked += Math.max(0, acked);
       s.sndUna = ackOff;
-      if (s.finSent && conn.clientFinOffset !== undefined && ackOff === conn.clientFinOffset + 1) s.finAcked = true;
+      if (s.finSent && conn.clientFinOffset !== undefined && ackOff === conn.clientFinOffset + 1)
+        s.finAcked = true;
       if (s.rttProbe && ackOff >= s.rttProbe.end) {
         this.rttSample(s, now - s.rttProbe.at);
         s.rttProbe = undefined;
@@ -687,10 +767,7 @@ export class ReplicationEngine {
         this.retransmitOne(conn, s, now);
       }
     }
-    this.trySend(conn, s, now);
-    if (s.sndWnd === 0 && s.sndNxt < conn.client.end && s.rtoDeadline === undefined) {
-      s.rtoDeadline = now + s.rtoMs; // persist timer: probe the zero window
-    }
+    this.dirty.add(conn);
   }
 
   private onReplicaRst(conn: ReplicatedConnection, s: ShadowConversation, now: number): void {
@@ -709,13 +786,16 @@ export class ReplicationEngine {
   // ------------------------------------------------------------------ sending toward a replica
 
   private outstanding(conn: ReplicatedConnection, s: ShadowConversation): boolean {
-    return s.sndNxt > s.sndUna || (s.finSent && !s.finAcked) || (s.sndWnd === 0 && s.sndNxt < conn.client.end);
+    return (
+      s.sndNxt > s.sndUna || (s.finSent && !s.finAcked) || (s.sndWnd === 0 && s.sndNxt < conn.client.end)
+    );
   }
 
   /** Reply units we may acknowledge to the replica: what the client acknowledged, clamped to what
    * the replica has really sent (contiguous, plus its FIN). */
   private ackFor(conn: ReplicatedConnection, s: ShadowConversation): number {
-    const received = s.reply.end + (s.replicaFinOffset !== undefined && s.replicaFinOffset === s.reply.end ? 1 : 0);
+    const received =
+      s.reply.end + (s.replicaFinOffset !== undefined && s.replicaFinOffset === s.reply.end ? 1 : 0);
     return Math.max(s.rcvAcked, Math.min(conn.clientAckOffset, received));
   }
 
@@ -729,7 +809,11 @@ export class ReplicationEngine {
   ): TcpSegment {
     const options: TcpOption[] = [];
     if (s.tsOk && conn.lastClientTsval !== undefined) {
-      options.push({ kind: "nop" }, { kind: "nop" }, { kind: "timestamp", tsval: conn.lastClientTsval, tsecr: s.tsRecent ?? 0 });
+      options.push(
+        { kind: "nop" },
+        { kind: "nop" },
+        { kind: "timestamp", tsval: conn.lastClientTsval, tsecr: s.tsRecent ?? 0 },
+      );
     }
     options.push(...extraOptions);
     let ack = 0;
@@ -801,7 +885,11 @@ export class ReplicationEngine {
       const ranges = s.reply.outOfOrderRanges().slice(0, s.tsOk ? 3 : 4);
       if (ranges.length > 0) {
         const isn = s.replicaIsn;
-        sack.push({ kind: "nop" }, { kind: "nop" }, { kind: "sack", blocks: ranges.map(([a, b]) => [toSeq(a, isn), toSeq(b, isn)]) });
+        sack.push(
+          { kind: "nop" },
+          { kind: "nop" },
+          { kind: "sack", blocks: ranges.map(([a, b]) => [toSeq(a, isn), toSeq(b, isn)]) },
+        );
       }
     }
     const seq = toSeq(s.sndNxt + (s.finSent ? 1 : 0), conn.clientIsn);
@@ -810,7 +898,10 @@ export class ReplicationEngine {
 
   private sendRst(conn: ReplicatedConnection, s: ShadowConversation): void {
     if (conn.port === undefined) return;
-    const seq = s.state === "syn-sent" ? seqAdd(conn.clientIsn, 1) : toSeq(s.sndNxt + (s.finSent ? 1 : 0), conn.clientIsn);
+    const seq =
+      s.state === "syn-sent"
+        ? seqAdd(conn.clientIsn, 1)
+        : toSeq(s.sndNxt + (s.finSent ? 1 : 0), conn.clientIsn);
     const seg = this.segmentTo(conn, s, seq, RST, new Uint8Array(0));
     this.emit(s, seg);
   }
@@ -849,7 +940,10 @@ export class ReplicationEngine {
     if (to > from) {
       this.emit(s, this.segmentTo(conn, s, toSeq(from, conn.clientIsn), PSH, conn.client.read(from, to)));
     } else if (s.finSent && !s.finAcked && conn.clientFinOffset !== undefined) {
-      this.emit(s, this.segmentTo(conn, s, toSeq(conn.clientFinOffset, conn.clientIsn), FIN, new Uint8Array(0)));
+      this.emit(
+        s,
+        this.segmentTo(conn, s, toSeq(conn.clientFinOffset, conn.clientIsn), FIN, new Uint8Array(0)),
+      );
     }
     s.rtoDeadline = now + s.rtoMs;
   }
@@ -879,7 +973,10 @@ export class ReplicationEngine {
     }
     if (s.sndWnd === 0 && s.sndNxt >= Math.max(0, s.sndUna)) {
       // Zero-window probe: an ACK one below what it expects draws an ACK with its window.
-      this.emit(s, this.segmentTo(conn, s, toSeq(Math.max(0, s.sndUna) - 1, conn.clientIsn), 0, new Uint8Array(0)));
+      this.emit(
+        s,
+        this.segmentTo(conn, s, toSeq(Math.max(0, s.sndUna) - 1, conn.clientIsn), 0, new Uint8Array(0)),
+      );
       s.rtoDeadline = now + s.rtoMs;
       return;
     }
@@ -1015,7 +1112,8 @@ export class ReplicationEngine {
     // Per connection: original reply bytes held for the slowest comparison.
     while (conn.original.footprint > L.perConnectionBytes) {
       let slow: ShadowConversation | undefined;
-      for (const s of conn.shadows.values()) if (s.comparing && (!slow || s.compared < slow.compared)) slow = s;
+      for (const s of conn.shadows.values())
+        if (s.comparing && (!slow || s.compared < slow.compared)) slow = s;
       if (!slow) {
         conn.original.release(conn.original.end);
         break;
@@ -1023,7 +1121,8 @@ export class ReplicationEngine {
       this.abandon(conn, slow, "reply comparison beyond the per-connection limit");
     }
     for (const s of conn.shadows.values()) {
-      if (s.live && s.reply.footprint > L.perConnectionBytes) this.abandon(conn, s, "reply bytes beyond the per-connection limit");
+      if (s.live && s.reply.footprint > L.perConnectionBytes)
+        this.abandon(conn, s, "reply bytes beyond the per-connection limit");
     }
     this.account(conn);
     // Per replica and global.
@@ -1043,13 +1142,18 @@ export class ReplicationEngine {
     }
   }
 
-  private slowest(conn: ReplicatedConnection, score: (s: ShadowConversation) => number): ShadowConversation | undefined {
+  private slowest(
+    conn: ReplicatedConnection,
+    score: (s: ShadowConversation) => number,
+  ): ShadowConversation | undefined {
     let best: ShadowConversation | undefined;
     for (const s of conn.shadows.values()) if (s.live && (!best || score(s) > score(best))) best = s;
     return best;
   }
 
-  private largestShadow(filter: (s: ShadowConversation) => boolean): { conn: ReplicatedConnection; shadow: ShadowConversation } | undefined {
+  private largestShadow(
+    filter: (s: ShadowConversation) => boolean,
+  ): { conn: ReplicatedConnection; shadow: ShadowConversation } | undefined {
     let best: { conn: ReplicatedConnection; shadow: ShadowConversation } | undefined;
     for (const conn of this.conns.values()) {
       for (const s of conn.shadows.values()) {
@@ -1113,10 +1217,12 @@ export class ReplicationEngine {
    * released and acknowledged by the client. */
   private checkDone(conn: ReplicatedConnection, now: number): void {
     if (conn.phase !== "open") return;
-    const clientDone = conn.clientFinOffset !== undefined && conn.originalAckOffset >= conn.clientFinOffset + 1;
+    const clientDone =
+      conn.clientFinOffset !== undefined && conn.originalAckOffset >= conn.clientFinOffset + 1;
     const serverDone =
       conn.held?.released === true &&
-      (conn.held.kind === "rst" || (conn.originalFinOffset !== undefined && conn.clientAckOffset >= conn.originalFinOffset + 1));
+      (conn.held.kind === "rst" ||
+        (conn.originalFinOffset !== undefined && conn.clientAckOffset >= conn.originalFinOffset + 1));
     if (clientDone && serverDone) this.markClosed(conn, now);
   }
 
@@ -1136,8 +1242,11 @@ export class ReplicationEngine {
     conn.original.release(conn.original.end);
     this.account(conn);
     this.conns.delete(conn.key);
-    if (conn.natPort !== undefined && this.byNatPort.get(conn.natPort) === conn) this.byNatPort.delete(conn.natPort);
-    if (conn.port !== undefined && this.byShadowPort.get(conn.port) === conn) this.byShadowPort.delete(conn.port);
+    this.dirty.delete(conn);
+    if (conn.natPort !== undefined && this.byNatPort.get(conn.natPort) === conn)
+      this.byNatPort.delete(conn.natPort);
+    if (conn.port !== undefined && this.byShadowPort.get(conn.port) === conn)
+      this.byShadowPort.delete(conn.port);
     if (conn.phase !== "syn") this.counters.closed++;
     if (conn.phase !== "syn") this.event({ type: "connection-closed", conn: conn.id });
   }

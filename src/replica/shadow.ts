@@ -41,6 +41,8 @@ export class ShadowConversation {
   synTries = 0;
   /** Window advertised to the replica last, to detect when a window update is owed. */
   lastWindowSent = 0;
+  /** An ACK must go out at the next flush even if no data does (duplicate, hole, window). */
+  ackOwed = false;
 
   // --- receiving the replica's reply (offsets in the reply stream) ---
   replicaIsn: number | undefined;

@@ -87,8 +87,7 @@ export type EngineEvent =
 
 export type EngineOutput =
   /** A segment to emit (raw socket); its destination is in the segment. */
-  | { type: "send"; segment: TcpSegment; to: "replica" | "client" }
-  | { type: "event"; event: EngineEvent };
+  { type: "send"; segment: TcpSegment; to: "replica" | "client" } | { type: "event"; event: EngineEvent };
 
 export interface ReplicaStats {
   id: string;
@@ -117,7 +116,13 @@ export interface EngineStats {
     unmatched: number;
   };
   rejected: Record<string, number>;
-  connections: { active: number; opened: number; closed: number; notReplicated: number; halfOpenExpired: number };
+  connections: {
+    active: number;
+    opened: number;
+    closed: number;
+    notReplicated: number;
+    halfOpenExpired: number;
+  };
   clientBytes: number;
   originalBytes: number;
   bufferedBytes: number;

@@ -23,7 +23,13 @@ declare module "raw-socket" {
     setOption(level: number, option: number, value: number): void;
     /** The native socket: send() here is a synchronous sendto(). */
     wrap: {
-      send(buffer: Buffer, offset: number, length: number, address: string, callback: (bytes: number) => void): void;
+      send(
+        buffer: Buffer,
+        offset: number,
+        length: number,
+        address: string,
+        callback: (bytes: number) => void,
+      ): void;
     };
     close(): void;
     on(event: "error", listener: (error: Error) => void): this;

@@ -45,7 +45,8 @@ export class PcapStreamReader {
     const u32 = (o: number) => (this.littleEndian ? buf.readUInt32LE(o) : buf.readUInt32BE(o));
     while (buf.length - at >= 16) {
       const caplen = u32(at + 8);
-      if (caplen > this.maxRecord) throw new PcapFormatError(`record of ${caplen} bytes exceeds ${this.maxRecord}`);
+      if (caplen > this.maxRecord)
+        throw new PcapFormatError(`record of ${caplen} bytes exceeds ${this.maxRecord}`);
       if (buf.length - at - 16 < caplen) break;
       const sec = u32(at);
       const frac = u32(at + 4);
