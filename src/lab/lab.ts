@@ -287,6 +287,9 @@ async function startProxy(t: LabTopology): Promise<NonNullable<LabState["proxy"]
         replicas: t.replicas.map((r) => ({ id: r.role, address: r.address })),
         statsSocket,
         logLevel: "info",
+        // The lab's largest file is 64 MiB: hold enough to verify every byte of it even when the
+        // kernel path serves the client far faster than the replicas answer the engine.
+        limits: { perConnectionBytes: 128 * 2 ** 20, perReplicaBytes: 2 ** 30, globalBytes: 2 * 2 ** 30 },
       },
       null,
       2,
