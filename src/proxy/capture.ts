@@ -1,6 +1,6 @@
-// Capture of the segments the engine must see, through libpcap: one handle on the "any" device
-// (it keeps the kernel's order across interfaces: the client's SYN on the client link always comes
-// before its NATed copy on the backend link), immediate mode, a BPF filter, a 32 MiB kernel ring.
+// Capture of the segments the engine must see, through libpcap: handles on the "any" device (one
+// handle keeps the kernel's order across interfaces: the client's SYN on the client link comes
+// before its NATed copy on the backend link), immediate mode, BPF filters, 128 MiB kernel rings.
 // libpcap runs in a small helper process of ours (native/pcap-pipe.c) that streams pcap records
 // over a pipe, one write per wake-up: a lone packet leaves at once, a burst costs one syscall.
 //
@@ -34,21 +34,33 @@ export interface CaptureFilterAddresses {
   replicationAddress: number;
 }
 
-/** BPF: client→VIP, original→SNAT address, the NATed SYN toward the original, replicas→us. */
-export function captureFilter(a: CaptureFilterAddresses): string {
+/**
+ * Two capture channels, each in its own helper and pipe, so the small, latency-critical side
+ * never queues behind the bulk (a 64 MiB download is ~45k segments from the original and as many
+ * from each replica). The client channel carries the client's segments, the kernel path's NATed
+ * SYN (it must follow the client's SYN) and the replicas' SYN-ACKs (the client's first bytes go
+ * to a replica only once its SYN-ACK is in: queued behind bulk, a request would reach the replica
+ * a second late and its HTTP Date header would differ). The backend channel carries the rest of
+ * what the original and the replicas send. Each channel keeps its own order; the engine
+ * reconciles the two by capture time.
+ */
+export function captureFilters(a: CaptureFilterAddresses): { client: string; backend: string } {
   const ip = formatIPv4;
-  return [
-    `(dst host ${ip(a.vip)} and dst port ${a.port})`,
-    `(src host ${ip(a.original)} and src port ${a.port} and dst host ${ip(a.snatAddress)})`,
-    `(src host ${ip(a.snatAddress)} and dst host ${ip(a.original)} and dst port ${a.port} and tcp[tcpflags] & tcp-syn != 0)`,
-    `(dst host ${ip(a.replicationAddress)} and src port ${a.port})`,
-  ]
-    .map((c) => `(tcp and ${c})`)
-    .join(" or ");
+  const syn = "tcp[tcpflags] & tcp-syn != 0";
+  const fromReplica = `tcp and dst host ${ip(a.replicationAddress)} and src port ${a.port}`;
+  return {
+    client:
+      `(tcp and dst host ${ip(a.vip)} and dst port ${a.port}) or ` +
+      `(tcp and src host ${ip(a.snatAddress)} and dst host ${ip(a.original)} and dst port ${a.port} and ${syn}) or ` +
+      `(${fromReplica} and ${syn})`,
+    backend:
+      `(tcp and src host ${ip(a.original)} and src port ${a.port} and dst host ${ip(a.snatAddress)}) or ` +
+      `(${fromReplica} and not ${syn})`,
+  };
 }
 
 export interface CaptureSink {
-  segment(seg: TcpSegment, timeUs: number): void;
+  segment(seg: TcpSegment, capture: { channel: string; timeUs: number }): void;
   /** The end of a batch of records that arrived together. */
   batchEnd(): void;
   reject(reason: string): void;
@@ -68,7 +80,13 @@ export class Capture {
   readonly counters: CaptureCounters = { records: 0, kernelDropped: 0, receivedByFilter: 0 };
   private exited = false;
 
-  private constructor(device: string, filter: string, bufferBytes: number, sink: CaptureSink) {
+  private constructor(
+    readonly channel: string,
+    device: string,
+    filter: string,
+    bufferBytes: number,
+    sink: CaptureSink,
+  ) {
     // The capture must not be starved by the services it watches (in the lab they share the CPUs;
     // on a real appliance they would not): it runs at a raised priority.
     this.child = spawn(
@@ -95,7 +113,7 @@ export class Capture {
         }
         const r = parseSegment(rec.data.subarray(link.ipOffset));
         if (!r.ok) sink.reject(r.reason);
-        else sink.segment(r.segment, rec.timeUs);
+        else sink.segment(r.segment, { channel: this.channel, timeUs: rec.timeUs });
       }
       sink.batchEnd();
     });
@@ -115,12 +133,13 @@ export class Capture {
 
   /** Starts capturing; resolves once libpcap is listening (the helper said so). */
   static async start(
+    channel: string,
     device: string,
     filter: string,
     bufferBytes: number,
     sink: CaptureSink,
   ): Promise<Capture> {
-    const c = new Capture(device, filter, bufferBytes, sink);
+    const c = new Capture(channel, device, filter, bufferBytes, sink);
     const deadline = Date.now() + 10_000;
     while (!/listening on/.test(c.stderr)) {
       if (c.exited) throw new Error(`capture failed to start: ${c.stderr.trim()}`);

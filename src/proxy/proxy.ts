@@ -9,14 +9,14 @@ import { run, runStatus } from "../sys/command.js";
 import { parseIPv4 } from "../wire/ipv4.js";
 import { ReplicationEngine } from "../replica/engine.js";
 import { defaultConfig, type EngineStats } from "../replica/types.js";
-import { Capture, captureFilter, type CaptureCounters } from "./capture.js";
+import { Capture, captureFilters, type CaptureCounters, type CaptureSink } from "./capture.js";
 import { Injector } from "./inject.js";
 import { installKernelPath, readCounters, removeKernelPath, type RuleCounter } from "./nft.js";
 import type { ProxyConfig } from "./config.js";
 
 export interface ProxyStats {
   engine: EngineStats;
-  capture: CaptureCounters & { running: boolean };
+  capture: Record<"client" | "backend", CaptureCounters & { running: boolean }>;
   injector: { sent: number; errors: number; lastError: string | null };
   kernel: RuleCounter[];
   uptimeMs: number;
@@ -30,7 +30,7 @@ async function routeDevice(address: string): Promise<string> {
 }
 
 export class Proxy {
-  private capture: Capture | undefined;
+  private captures: { client: Capture; backend: Capture } | undefined;
   private injector: Injector | undefined;
   private server: Server | undefined;
   private timer: NodeJS.Timeout | undefined;
@@ -97,31 +97,57 @@ export class Proxy {
     else if (!/File exists/.test(r.stderr))
       throw new Error(`cannot add ${c.replicationAddress} to ${dev}: ${r.stderr.trim()}`);
     this.injector = new Injector(c.mark);
-    const filter = captureFilter(this.engine.config);
-    this.capture = await Capture.start(c.captureDevice, filter, c.captureBufferBytes, {
-      segment: (seg) => this.engine.onSegment(seg, performance.now()),
+    const filters = captureFilters(this.engine.config);
+    const sink: CaptureSink = {
+      segment: (seg, capture) => this.engine.onSegment(seg, performance.now(), capture),
       batchEnd: () => {
         this.engine.flush(performance.now());
         this.flush();
       },
       reject: (reason) => this.engine.reject(reason),
-    });
+    };
+    const client = await Capture.start("client", c.captureDevice, filters.client, c.captureBufferBytes, sink);
+    try {
+      const backend = await Capture.start(
+        "backend",
+        c.captureDevice,
+        filters.backend,
+        c.captureBufferBytes,
+        sink,
+      );
+      this.captures = { client, backend };
+    } catch (e) {
+      client.close();
+      throw e;
+    }
     if (c.statsSocket) await this.listenStats(c.statsSocket);
-    this.log.info({ replicas: c.replicas, filter }, "replicating");
+    this.log.info({ replicas: c.replicas, filters }, "replicating");
   }
 
+  /** Sends what the engine produced and logs its events; schedules the engine's timers. */
   private flush(): void {
-    for (const o of this.engine.drain()) {
-      if (o.type === "send") this.injector?.send(o.segment);
-      else if (o.event.type === "diverged" || o.event.type === "lagging" || o.event.type === "capture-gap") {
-        this.log.warn(o.event, o.event.type);
-      } else {
-        this.log.debug(o.event, o.event.type);
-      }
-    }
+    this.drainOutputs();
     if (!this.tickQueued) {
       this.tickQueued = true;
       setImmediate(() => this.tick());
+    }
+  }
+
+  private drainOutputs(): void {
+    for (const o of this.engine.drain()) {
+      if (o.type === "send") {
+        this.injector?.send(o.segment);
+      } else if (
+        o.event.type === "diverged" ||
+        o.event.type === "lagging" ||
+        o.event.type === "capture-gap"
+      ) {
+        this.log.warn(o.event, o.event.type);
+      } else if (o.event.type === "unverified") {
+        this.log.info(o.event, o.event.type);
+      } else {
+        this.log.debug(o.event, o.event.type);
+      }
     }
   }
 
@@ -129,10 +155,7 @@ export class Proxy {
     this.tickQueued = false;
     const next = this.engine.tick(performance.now());
     this.engine.flush(performance.now());
-    for (const o of this.engine.drain()) {
-      if (o.type === "send") this.injector?.send(o.segment);
-      else this.log.debug(o.event, o.event.type);
-    }
+    this.drainOutputs();
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     if (next !== undefined) {
@@ -157,9 +180,11 @@ export class Proxy {
   async stats(): Promise<ProxyStats> {
     const kernel = await readCounters(undefined, this.config.table).catch(() => []);
     const inj = this.injector;
-    const capture = this.capture
-      ? { ...this.capture.refreshCounters(), running: this.capture.running }
-      : { records: 0, kernelDropped: 0, receivedByFilter: 0, running: false };
+    const counters = (cap: Capture | undefined) =>
+      cap
+        ? { ...cap.refreshCounters(), running: cap.running }
+        : { records: 0, kernelDropped: 0, receivedByFilter: 0, running: false };
+    const capture = { client: counters(this.captures?.client), backend: counters(this.captures?.backend) };
     return {
       engine: this.engine.stats(),
       capture,
@@ -171,8 +196,9 @@ export class Proxy {
 
   async stop(): Promise<void> {
     if (this.timer) clearTimeout(this.timer);
-    this.capture?.close();
-    this.capture = undefined;
+    this.captures?.client.close();
+    this.captures?.backend.close();
+    this.captures = undefined;
     this.injector?.close();
     this.injector = undefined;
     if (this.server) {

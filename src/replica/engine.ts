@@ -75,6 +75,10 @@ export class ReplicatedConnection {
   readonly notPromotable = new Set<string>();
   port: number | undefined;
   captureGap = false;
+  /** Acknowledged-but-not-captured suspicions awaiting confirmation, per direction. */
+  readonly gapSuspects: Partial<
+    Record<"client" | "original", { offset: number; atUs: number; since: number }>
+  > = {};
   closedAt: number | undefined;
   /** Bytes this connection's own streams accounted for in the engine's totals. */
   accounted = 0;
@@ -134,6 +138,12 @@ export class ReplicationEngine {
   /** NATed SYNs seen before the client's SYN: client ISN -> NAT port. */
   private readonly pendingNat = new Map<number, number>();
   private readonly replicas = new Map<string, ReplicaCounters>();
+  /** Capture time of the segment being handled (undefined: one ordered stream). */
+  private captureUs: number | undefined;
+  /** Latest capture time seen per capture channel. */
+  private readonly watermarkUs = new Map<string, number>();
+  /** Which channel carries the client's and the original's segments. */
+  private readonly channelOf: { client?: string; original?: string } = {};
   /** Connections with sends due at the next flush(). */
   private readonly dirty = new Set<ReplicatedConnection>();
   private out: EngineOutput[] = [];
@@ -253,13 +263,24 @@ export class ReplicationEngine {
     this.dirty.clear();
   }
 
-  onSegment(seg: TcpSegment, now: number): void {
+  /**
+   * One captured segment. `capture` tells its channel and capture time when segments come from
+   * several capture channels (each in order, but not ordered with each other).
+   */
+  onSegment(seg: TcpSegment, now: number, capture?: { channel: string; timeUs: number }): void {
     const c = this.config;
+    this.captureUs = capture?.timeUs;
+    if (capture) {
+      const wm = this.watermarkUs.get(capture.channel);
+      if (wm === undefined || capture.timeUs > wm) this.watermarkUs.set(capture.channel, capture.timeUs);
+    }
     if (seg.dst === c.vip && seg.dstPort === c.port) {
       this.counters.client++;
+      if (capture) this.channelOf.client = capture.channel;
       this.onClient(seg, now);
     } else if (seg.src === c.original && seg.srcPort === c.port && seg.dst === c.snatAddress) {
       this.counters.original++;
+      if (capture) this.channelOf.original = capture.channel;
       this.onOriginal(seg, now);
     } else if (seg.dst === c.original && seg.dstPort === c.port && seg.src === c.snatAddress) {
       if ((seg.flags & (SYN | ACK)) === SYN) {
@@ -272,6 +293,7 @@ export class ReplicationEngine {
     } else {
       this.counters.unmatched++;
     }
+    this.captureUs = undefined;
   }
 
   /** Runs timers; returns the next time tick() has work, or undefined. */
@@ -290,8 +312,16 @@ export class ReplicationEngine {
         }
         want(expiry);
       }
+      if (conn.gapSuspects.client || conn.gapSuspects.original) {
+        const g = this.checkGaps(conn, now);
+        if (g !== undefined) want(g);
+      }
       if (conn.held && !conn.held.released) {
-        const deadline = conn.held.since + this.config.finHoldMs;
+        // A replica still sending toward its close is not a failure, only slower: the hold
+        // expires finHoldMs after the last progress of any replica it waits for.
+        let last = conn.held.since;
+        for (const s of conn.shadows.values()) if (s.comparing && s.lastProgressAt > last) last = s.lastProgressAt;
+        const deadline = last + this.config.finHoldMs;
         if (now >= deadline) this.releaseClose(conn, now, true);
         else want(deadline);
       }
@@ -432,7 +462,7 @@ export class ReplicationEngine {
       const replyEnd = conn.original.end + (conn.originalFinOffset === conn.original.end ? 1 : 0);
       if (conn.clientAckOffset > replyEnd && !conn.captureGap && conn.originalIsn !== undefined) {
         // The client acknowledged reply bytes we never captured: they cannot be verified.
-        this.captureGapDetected(conn, "original", conn.clientAckOffset, replyEnd);
+        this.suspectGap(conn, "original", conn.clientAckOffset, now);
       }
     }
 
@@ -448,6 +478,7 @@ export class ReplicationEngine {
       if (s.state === "open" && oldWindow !== seg.window && s.lastWindowSent < seg.window) s.ackOwed = true;
     }
     this.dirty.add(conn);
+    this.checkGaps(conn, now);
     this.checkDone(conn, now);
     this.enforceLimits(conn);
   }
@@ -522,7 +553,7 @@ export class ReplicationEngine {
       if (ackOff > conn.originalAckOffset) conn.originalAckOffset = ackOff;
       const clientEnd = conn.client.end + (conn.clientFinReady ? 1 : 0);
       if (conn.originalAckOffset > clientEnd && !conn.captureGap) {
-        this.captureGapDetected(conn, "client", conn.originalAckOffset, clientEnd);
+        this.suspectGap(conn, "client", conn.originalAckOffset, now);
       }
     }
     const off = toOffset(seg.seq, conn.originalIsn, conn.original.end);
@@ -543,6 +574,7 @@ export class ReplicationEngine {
       }
       this.checkRelease(conn, now);
     }
+    this.checkGaps(conn, now);
     this.enforceLimits(conn);
   }
 
@@ -666,6 +698,7 @@ export class ReplicationEngine {
     let hole = false;
     if (seg.payload.length > 0) {
       const grew = s.reply.write(off, seg.payload);
+      if (grew > 0) s.lastProgressAt = now;
       s.replyBytes += grew;
       r.replyBytes += grew;
       duplicate = off + seg.payload.length <= s.reply.end && grew === 0;
@@ -674,7 +707,10 @@ export class ReplicationEngine {
     }
     if (seg.flags & FIN) {
       const finOff = off + seg.payload.length;
-      if (s.replicaFinOffset === undefined) s.replicaFinOffset = finOff;
+      if (s.replicaFinOffset === undefined) {
+        s.replicaFinOffset = finOff;
+        s.lastProgressAt = now;
+      }
       else duplicate = true;
       this.checkRelease(conn, now);
     }
@@ -1071,6 +1107,58 @@ export class ReplicationEngine {
       this.event({ type: "unverified", conn: conn.id, replica: id, reason });
     }
     this.releaseOriginal(conn);
+  }
+
+  /**
+   * Something was acknowledged that we have not captured. With several capture channels (client
+   * side, backend side) the other channel may simply be behind, so this is only a suspicion until
+   * that channel has delivered packets captured after the acknowledgement (or gapConfirmMs passed)
+   * and the bytes are still missing. With no capture times (one ordered stream), it is a gap now.
+   */
+  private suspectGap(
+    conn: ReplicatedConnection,
+    direction: "client" | "original",
+    acked: number,
+    now: number,
+  ): void {
+    if (conn.captureGap) return;
+    if (this.captureUs === undefined) {
+      this.captureGapDetected(conn, direction, acked, this.capturedUpTo(conn, direction));
+      return;
+    }
+    const cur = conn.gapSuspects[direction];
+    if (!cur || acked > cur.offset)
+      conn.gapSuspects[direction] = { offset: acked, atUs: this.captureUs, since: cur?.since ?? now };
+  }
+
+  private capturedUpTo(conn: ReplicatedConnection, direction: "client" | "original"): number {
+    return direction === "client"
+      ? conn.client.end + (conn.clientFinReady ? 1 : 0)
+      : conn.original.end + (conn.originalFinOffset === conn.original.end ? 1 : 0);
+  }
+
+  /** Clears suspicions the bytes arrived for; confirms the others. Returns the next deadline. */
+  private checkGaps(conn: ReplicatedConnection, now: number): number | undefined {
+    let next: number | undefined;
+    for (const direction of ["client", "original"] as const) {
+      const s = conn.gapSuspects[direction];
+      if (!s) continue;
+      const have = this.capturedUpTo(conn, direction);
+      if (have >= s.offset || conn.captureGap) {
+        conn.gapSuspects[direction] = undefined;
+        continue;
+      }
+      const channel = this.channelOf[direction];
+      const watermark = (channel === undefined ? undefined : this.watermarkUs.get(channel)) ?? -Infinity;
+      if (watermark >= s.atUs || now - s.since >= this.config.gapConfirmMs) {
+        conn.gapSuspects[direction] = undefined;
+        this.captureGapDetected(conn, direction, s.offset, have);
+      } else {
+        const d = s.since + this.config.gapConfirmMs;
+        if (next === undefined || d < next) next = d;
+      }
+    }
+    return next;
   }
 
   private captureGapDetected(

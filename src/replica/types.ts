@@ -34,6 +34,8 @@ export interface EngineConfig {
   finHoldMs: number;
   /** Half-open connections (SYN seen, handshake not completed) are forgotten after this. */
   synTimeoutMs: number;
+  /** A suspected capture gap is confirmed after this long even if the other channel is silent. */
+  gapConfirmMs: number;
   /** Closed connections linger this long to absorb retransmissions, then are freed. */
   lingerMs: number;
   /** Source ports for shadow conversations. */
@@ -60,6 +62,7 @@ export function defaultConfig(
     maxSynRetries: 6,
     finHoldMs: 2000,
     synTimeoutMs: 10_000,
+    gapConfirmMs: 5000,
     lingerMs: 2000,
     portRange: [20000, 60999],
     mtu: 1500,
