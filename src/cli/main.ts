@@ -12,6 +12,8 @@ import {
   validateService,
 } from "../lab/topology.js";
 import { PingOptionError, pingPong, validatePingOptions } from "../lab/pingpong.js";
+import { blast } from "../lab/blast.js";
+import { isIPv4 } from "../proxy/nft.js";
 import { readFile } from "node:fs/promises";
 import { pino } from "pino";
 import { ConfigError, parseProxyConfig } from "../proxy/config.js";
@@ -30,6 +32,7 @@ const USAGE = `usage:
   tcp-replicator lab stats --name NAME                      # the appliance's replication statistics
   tcp-replicator proxy --config FILE | --vip IP --port P --original IP --snat IP
                        --replication-address IP [--replica ID=IP ...] [--stats-socket PATH] [--log-level L]
+  tcp-replicator blast --host HOST --port PORT [--connections N] [--bytes PER_CONNECTION] [--rate-mbps MB/s]
   tcp-replicator ping --host HOST --port PORT [--count N] [--size BYTES] [--interval-ms MS] [--timeout-ms MS]
 `;
 
@@ -195,6 +198,30 @@ async function proxyCommand(rest: string[]): Promise<number> {
   return 0;
 }
 
+async function blastCommand(rest: string[]): Promise<number> {
+  const { values } = parse(rest, {
+    host: { type: "string" },
+    port: { type: "string" },
+    connections: { type: "string", default: "4" },
+    bytes: { type: "string", default: String(64 << 20) },
+    "rate-mbps": { type: "string", default: "0" },
+  });
+  if (values.host === undefined || !isIPv4(values.host))
+    throw new UsageError("--host: an IPv4 address is required");
+  const port = Number(values.port);
+  const connections = Number(values.connections);
+  const bytes = Number(values.bytes);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new UsageError("--port: 1..65535");
+  if (!Number.isInteger(connections) || connections < 1 || connections > 1000)
+    throw new UsageError("--connections: 1..1000");
+  if (!Number.isInteger(bytes) || bytes < 1) throw new UsageError("--bytes: a positive integer");
+  const rate = Number(values["rate-mbps"]);
+  if (!Number.isFinite(rate) || rate < 0)
+    throw new UsageError("--rate-mbps: megabytes per second, 0 for unpaced");
+  print(await blast(values.host, port, connections, bytes, rate * 1e6));
+  return 0;
+}
+
 async function pingCommand(rest: string[]): Promise<number> {
   const { values } = parse(rest, {
     host: { type: "string" },
@@ -224,6 +251,8 @@ export async function main(argv: string[]): Promise<number> {
         return await labCommand(sub, rest);
       case "proxy":
         return await proxyCommand(sub === undefined ? [] : [sub, ...rest]);
+      case "blast":
+        return await blastCommand(sub === undefined ? [] : [sub, ...rest]);
       case "ping":
         return await pingCommand(sub === undefined ? [] : [sub, ...rest]);
       case "help":

@@ -14,7 +14,9 @@ export class ByteStream {
   private baseOffset: number;
   /** End of the contiguous prefix. */
   private endOffset: number;
-  private readonly chunks: Chunk[] = [];
+  /** In-order chunks from index `head` on (released ones before it are dropped lazily). */
+  private chunks: Chunk[] = [];
+  private head = 0;
   /** Out-of-order chunks, sorted by offset, non-overlapping. */
   private readonly ooo: Chunk[] = [];
   private oooHeld = 0;
@@ -116,21 +118,42 @@ export class ByteStream {
     }
   }
 
-  /** Copies [from, to) out of the contiguous prefix. */
+  /** Index of the chunk holding `offset` (binary search: streams hold thousands of chunks). */
+  private chunkAt(offset: number): number {
+    let lo = this.head;
+    let hi = this.chunks.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (this.chunks[mid]!.offset <= offset) lo = mid;
+      else hi = mid - 1;
+    }
+    return lo;
+  }
+
+  /**
+   * [from, to) of the contiguous prefix. Within one chunk it is a view (chunks are never
+   * written again, so a view stays valid); across chunks, a copy.
+   */
   read(from: number, to: number): Buffer {
     if (from < this.baseOffset || to > this.endOffset || from > to) {
       throw new RangeError(`read [${from}, ${to}) outside held [${this.baseOffset}, ${this.endOffset})`);
     }
+    if (from === to) return Buffer.alloc(0);
+    let i = this.chunkAt(from);
+    const first = this.chunks[i]!;
+    if (to <= first.offset + first.data.length) {
+      return first.data.subarray(from - first.offset, to - first.offset);
+    }
     const out = Buffer.allocUnsafe(to - from);
     let written = 0;
-    for (const c of this.chunks) {
-      const cEnd = c.offset + c.data.length;
-      if (cEnd <= from) continue;
-      if (c.offset >= to) break;
+    for (; i < this.chunks.length && written < out.length; i++) {
+      const c = this.chunks[i]!;
       const s = Math.max(from, c.offset);
-      const e = Math.min(to, cEnd);
-      c.data.copy(out, written, s - c.offset, e - c.offset);
-      written += e - s;
+      const e = Math.min(to, c.offset + c.data.length);
+      if (e > s) {
+        c.data.copy(out, written, s - c.offset, e - c.offset);
+        written += e - s;
+      }
     }
     return out;
   }
@@ -139,17 +162,20 @@ export class ByteStream {
   release(offset: number): void {
     const upTo = Math.min(offset, this.endOffset);
     if (upTo <= this.baseOffset) return;
-    while (this.chunks.length > 0) {
-      const c = this.chunks[0]!;
+    while (this.head < this.chunks.length) {
+      const c = this.chunks[this.head]!;
       const cEnd = c.offset + c.data.length;
       if (cEnd <= upTo) {
-        this.chunks.shift();
+        this.head++;
         continue;
       }
-      if (c.offset < upTo) {
-        this.chunks[0] = { offset: upTo, data: c.data.subarray(upTo - c.offset) };
-      }
+      if (c.offset < upTo) this.chunks[this.head] = { offset: upTo, data: c.data.subarray(upTo - c.offset) };
       break;
+    }
+    // Drop released chunks now and then, so the array does not grow without bound.
+    if (this.head > 64 && this.head * 2 > this.chunks.length) {
+      this.chunks = this.chunks.slice(this.head);
+      this.head = 0;
     }
     this.baseOffset = upTo;
   }

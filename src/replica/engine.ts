@@ -320,7 +320,8 @@ export class ReplicationEngine {
         // A replica still sending toward its close is not a failure, only slower: the hold
         // expires finHoldMs after the last progress of any replica it waits for.
         let last = conn.held.since;
-        for (const s of conn.shadows.values()) if (s.comparing && s.lastProgressAt > last) last = s.lastProgressAt;
+        for (const s of conn.shadows.values())
+          if (s.comparing && s.lastProgressAt > last) last = s.lastProgressAt;
         const deadline = last + this.config.finHoldMs;
         if (now >= deadline) this.releaseClose(conn, now, true);
         else want(deadline);
@@ -710,8 +711,7 @@ export class ReplicationEngine {
       if (s.replicaFinOffset === undefined) {
         s.replicaFinOffset = finOff;
         s.lastProgressAt = now;
-      }
-      else duplicate = true;
+      } else duplicate = true;
       this.checkRelease(conn, now);
     }
     if (seg.payload.length > 0 || seg.flags & FIN) {
