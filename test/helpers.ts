@@ -8,6 +8,8 @@ import type { Test } from "tap";
 import { run, runStatus } from "../src/sys/command.js";
 import { labDown, labUp, runDir, type LabState } from "../src/lab/lab.js";
 import type { ServiceKind } from "../src/lab/topology.js";
+import { queryStats } from "../src/proxy/stats-client.js";
+import type { ProxyStats } from "../src/proxy/proxy.js";
 
 export const CLI = fileURLToPath(new URL("../src/cli/main.js", import.meta.url));
 
@@ -85,4 +87,22 @@ export async function exists(path: string): Promise<boolean> {
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Polls the lab's proxy until it holds no connection and no byte (replication caught up). */
+export async function waitReplicationIdle(statsSocket: string, timeoutMs = 120_000): Promise<ProxyStats> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const s = await queryStats(statsSocket);
+    if (s.engine.connections.active === 0 && s.engine.bufferedBytes === 0) return s;
+    if (Date.now() > deadline) {
+      throw new Error(`replication not idle after ${timeoutMs} ms: ${JSON.stringify(s.engine.connections)}`);
+    }
+    await sleep(200);
+  }
+}
+
+/** Runs the project's CLI inside a namespace. */
+export function cliIn(namespace: string, args: string[], timeoutMs = 300_000) {
+  return inNs(namespace, [process.execPath, CLI, ...args], timeoutMs);
 }

@@ -21,7 +21,7 @@ export function queryStats(path: string, timeoutMs = 5000): Promise<ProxyStats> 
       try {
         resolve(JSON.parse(data) as ProxyStats);
       } catch (e) {
-        reject(e as Error);
+        reject(e instanceof Error ? e : new Error(String(e)));
       }
     });
   });

@@ -180,6 +180,13 @@ export class ByteStream {
     this.baseOffset = upTo;
   }
 
+  /** Drops everything held, out-of-order bytes included (the stream is over). */
+  clear(): void {
+    this.release(this.endOffset);
+    this.ooo.length = 0;
+    this.oooHeld = 0;
+  }
+
   /** Total bytes held, in order and out of order. */
   get footprint(): number {
     return this.held + this.oooHeld;

@@ -135,6 +135,9 @@ export class ReplicationEngine {
   private readonly conns = new Map<number, ReplicatedConnection>();
   private readonly byNatPort = new Map<number, ReplicatedConnection>();
   private readonly byShadowPort = new Map<number, ReplicatedConnection>();
+  /** Original's segments for a NAT port not bound yet (channel skew), by port. */
+  private readonly unbound = new Map<number, Array<{ seg: TcpSegment; at: number }>>();
+  private unboundCount = 0;
   /** NATed SYNs seen before the client's SYN: client ISN -> NAT port. */
   private readonly pendingNat = new Map<number, number>();
   private readonly replicas = new Map<string, ReplicaCounters>();
@@ -302,6 +305,10 @@ export class ReplicationEngine {
     const want = (t: number) => {
       if (next === undefined || t < next) next = t;
     };
+    if (this.unboundCount > 0) {
+      this.expireUnbound(now);
+      for (const list of this.unbound.values()) want(list[0]!.at + this.config.synTimeoutMs);
+    }
     for (const conn of [...this.conns.values()]) {
       if (conn.phase === "syn") {
         const expiry = conn.createdAt + this.config.synTimeoutMs;
@@ -500,6 +507,37 @@ export class ReplicationEngine {
     if (old && old !== conn) old.natPort = undefined;
     conn.natPort = port;
     this.byNatPort.set(port, conn);
+    const waiting = this.unbound.get(port);
+    if (waiting) {
+      this.unbound.delete(port);
+      this.unboundCount -= waiting.length;
+      for (const w of waiting) this.onOriginal(w.seg, w.at);
+    }
+  }
+
+  /** Bounded: at most 4096 segments over all ports, each kept at most synTimeoutMs. */
+  private holdUnbound(seg: TcpSegment, now: number): void {
+    if (this.unboundCount >= 4096) {
+      this.counters.unmatched++;
+      return;
+    }
+    const list = this.unbound.get(seg.dstPort) ?? [];
+    list.push({
+      seg: { ...seg, payload: Uint8Array.from(seg.payload), options: copyOptions(seg.options) },
+      at: now,
+    });
+    this.unbound.set(seg.dstPort, list);
+    this.unboundCount++;
+  }
+
+  private expireUnbound(now: number): void {
+    for (const [port, list] of this.unbound) {
+      if (now - list[0]!.at >= this.config.synTimeoutMs) {
+        this.unbound.delete(port);
+        this.unboundCount -= list.length;
+        this.counters.unmatched += list.length;
+      }
+    }
   }
 
   private openShadows(conn: ReplicatedConnection, now: number): void {
@@ -538,7 +576,9 @@ export class ReplicationEngine {
   private onOriginal(seg: TcpSegment, now: number): void {
     const conn = this.byNatPort.get(seg.dstPort);
     if (!conn) {
-      this.counters.unmatched++;
+      // The NATed SYN that names this port travels on another capture channel and may not have
+      // been handled yet: keep the segment a moment and replay it when the binding arrives.
+      this.holdUnbound(seg, now);
       return;
     }
     if (seg.flags & SYN) {
@@ -1150,7 +1190,8 @@ export class ReplicationEngine {
       }
       const channel = this.channelOf[direction];
       const watermark = (channel === undefined ? undefined : this.watermarkUs.get(channel)) ?? -Infinity;
-      if (watermark >= s.atUs || now - s.since >= this.config.gapConfirmMs) {
+      // Slack: packets captured on different CPUs can reach one ring slightly out of time order.
+      if (watermark >= s.atUs + this.config.gapSlackMs * 1000 || now - s.since >= this.config.gapConfirmMs) {
         conn.gapSuspects[direction] = undefined;
         this.captureGapDetected(conn, direction, s.offset, have);
       } else {
@@ -1283,7 +1324,7 @@ export class ReplicationEngine {
   private closeShadow(conn: ReplicatedConnection, s: ShadowConversation): void {
     s.state = "closed";
     s.rtoDeadline = undefined;
-    s.reply.release(s.reply.end);
+    s.reply.clear();
     this.releaseClient(conn);
     this.releaseOriginal(conn);
   }
@@ -1326,8 +1367,8 @@ export class ReplicationEngine {
         this.closeShadow(conn, s);
       }
     }
-    conn.client.release(conn.client.end);
-    conn.original.release(conn.original.end);
+    conn.client.clear();
+    conn.original.clear();
     this.account(conn);
     this.conns.delete(conn.key);
     this.dirty.delete(conn);

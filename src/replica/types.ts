@@ -36,6 +36,8 @@ export interface EngineConfig {
   synTimeoutMs: number;
   /** A suspected capture gap is confirmed after this long even if the other channel is silent. */
   gapConfirmMs: number;
+  /** ...or once that channel delivered packets captured this much later than the suspicion. */
+  gapSlackMs: number;
   /** Closed connections linger this long to absorb retransmissions, then are freed. */
   lingerMs: number;
   /** Source ports for shadow conversations. */
@@ -63,6 +65,7 @@ export function defaultConfig(
     finHoldMs: 2000,
     synTimeoutMs: 10_000,
     gapConfirmMs: 5000,
+    gapSlackMs: 200,
     lingerMs: 2000,
     portRange: [20000, 60999],
     mtu: 1500,
