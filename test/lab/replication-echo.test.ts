@@ -1,6 +1,8 @@
 // 1 GiB through the VIP over several connections: every replica receives every byte and echoes
-// every byte back identically. The client is paced at a rate this 2-core lab machine replicates
-// to two replicas without falling behind (see docs/PROGRESS.md for the measured limits).
+// every byte back identically. The client is paced at 10 MB/s, a rate this 2-core lab machine
+// replicates to two replicas without falling behind: unpaced, the kernel path carries ~70 MB/s
+// while the user-space engine sustains ~10-16 MB/s per replica for echo traffic (every byte goes
+// to each replica and comes back); see docs/PROGRESS.md.
 import t from "tap";
 import { cliIn, waitReplicationIdle, withLab } from "../helpers.js";
 import type { BlastResult } from "../../src/lab/blast.js";
@@ -22,7 +24,7 @@ t.test("1 GiB echoed through the VIP reaches every replica", async (t) => {
       "--bytes",
       String(perConnection),
       "--rate-mbps",
-      "24",
+      "10",
     ],
     600_000,
   );
