@@ -1,19 +1,36 @@
 #!/usr/bin/env bash
-# Runs the tap suite and refuses a run that executed no test (tap exits 0 when it finds no files).
-# Ends with the plain "N passed, N failed" line.
+# Runs the test suite in two phases and refuses a run that executed no test (tap exits 0 when it
+# finds no files). Phase 1: unit and lab tests, in parallel. Phase 2: load tests (test/load), one
+# at a time: they measure replication under load, and two at once on a 2-core machine would
+# starve each other. Ends with the plain "N passed, N failed" line.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-npx tap "$@" 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
-summary=$(grep -E '^# \{ total: [0-9]+' "$log" | tail -1)
-total=$(sed -E 's/.*total: ([0-9]+).*/\1/' <<<"$summary")
-pass=$(sed -nE 's/.*pass: ([0-9]+).*/\1/p' <<<"$summary")
-fail=$(sed -nE 's/.*fail: ([0-9]+).*/\1/p' <<<"$summary")
-if [ -z "$total" ] || [ "$total" -eq 0 ]; then
+total=0
+pass=0
+fail=0
+status=0
+phase() {
+  local log
+  log=$(mktemp)
+  npx tap "$@" 2>&1 | tee "$log"
+  local s=${PIPESTATUS[0]}
+  [ "$s" -ne 0 ] && status=$s
+  local summary
+  summary=$(grep -E '^# \{ total: [0-9]+' "$log" | tail -1)
+  rm -f "$log"
+  total=$((total + $(sed -nE 's/.*total: ([0-9]+).*/\1/p' <<<"$summary" | grep . || echo 0)))
+  pass=$((pass + $(sed -nE 's/.*pass: ([0-9]+).*/\1/p' <<<"$summary" | grep . || echo 0)))
+  fail=$((fail + $(sed -nE 's/.*fail: ([0-9]+).*/\1/p' <<<"$summary" | grep . || echo 0)))
+}
+if [ $# -gt 0 ]; then
+  phase "$@"
+else
+  phase dist/test/unit dist/test/lab dist/test/*.test.js
+  phase --jobs=1 dist/test/load
+fi
+if [ "$total" -eq 0 ]; then
   echo "tests: no test ran" >&2
   exit 1
 fi
-echo "${pass:-0} passed, ${fail:-0} failed"
+echo "$pass passed, $fail failed"
 exit "$status"

@@ -36,6 +36,11 @@ t.test("demo with a duration", async (t) => {
   t.equal(r.code, 0, r.out);
   t.match(r.out, /lab .* up: client 10\.100\.\d+\.2 -> VIP 10\.100\.\d+\.100:7000 -> original/);
   t.match(r.out, /echo 200 round trips of 64 B, RTT p50 \d+ µs.*kernel path: \d+ pkts in, \d+ pkts out/);
+  t.match(
+    r.out,
+    /replicated \d+ B: replica1 acked \d+ B, 0 diverged, 0 lagging; replica2 acked/,
+    "replication shown",
+  );
   t.match(r.out, /down: removed 6 namespaces/);
   t.same(await labNamespaces(name), []);
 });

@@ -14,6 +14,7 @@ import {
   type LabTopology,
 } from "./topology.js";
 import type { PingResult } from "./pingpong.js";
+import { queryStats } from "../proxy/stats-client.js";
 
 const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
 
@@ -111,7 +112,21 @@ async function main(): Promise<number> {
       const c2o = counters.find((c) => c.comment === "client-to-original");
       const o2c = counters.find((c) => c.comment === "original-to-client");
       const kernel = c2o && o2c ? ` | kernel path: ${c2o.packets} pkts in, ${o2c.packets} pkts out` : "";
-      process.stdout.write(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${line}${kernel}\n`);
+      let replication = "";
+      if (state.proxy) {
+        const st = await queryStats(state.proxy.statsSocket).catch(() => undefined);
+        if (st) {
+          const e = st.engine;
+          replication =
+            ` | replicated ${e.clientBytes} B: ` +
+            e.replicas
+              .map((r) => `${r.id} acked ${r.bytesAcked} B, ${r.diverged} diverged, ${r.lagging} lagging`)
+              .join("; ");
+        }
+      }
+      process.stdout.write(
+        `[${((Date.now() - started) / 1000).toFixed(1)}s] ${line}${kernel}${replication}\n`,
+      );
       await new Promise((r) => setTimeout(r, 1000));
     }
   } finally {
