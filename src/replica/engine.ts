@@ -585,6 +585,13 @@ export class ReplicationEngine {
       if (seg.flags & ACK && conn.originalIsn === undefined) conn.originalIsn = seg.seq;
       return;
     }
+    if (seg.flags & RST && conn.phase === "syn") {
+      // The original refused the connection (nothing listens): no replica is involved yet, so
+      // the refusal goes to the client at once, as the kernel path would have delivered it.
+      this.out.push({ type: "send", segment: this.clientView(conn, seg), to: "client" });
+      this.deleteConnection(conn);
+      return;
+    }
     if (conn.originalIsn === undefined) {
       this.counters.unmatched++;
       return;
