@@ -1,0 +1,40 @@
+// The proxy owns its kernel state: it installs its table and the replication address, and takes
+// both away when it stops; a CLI run with a broken config starts nothing.
+import t from "tap";
+import { cli, inNs, sleep, withLab } from "../helpers.js";
+import { isAlive } from "../../src/sys/process.js";
+
+t.test("proxy installs and removes its kernel state", async (t) => {
+  const state = await withLab(t, "plife", 1, "echo");
+  const ns = state.topology.appliance.namespace;
+  const repl = state.topology.appliance.replicationAddress;
+  const table = await inNs(ns, ["nft", "list", "table", "ip", "tcp_replicator"]);
+  t.match(table.stdout, /original-close-held/, "the original's FIN/RST are held");
+  t.match(table.stdout, /replica-replies-to-engine/);
+  t.match(table.stdout, /meta mark 0x00007472 counter packets \d+ bytes \d+ notrack/);
+  t.match(
+    (await inNs(ns, ["ip", "-4", "addr", "show", "be0"])).stdout,
+    new RegExp(`${repl.replace(/\./g, "\\.")}/32`),
+  );
+  t.equal((await inNs(ns, ["sysctl", "-n", "net.netfilter.nf_conntrack_tcp_be_liberal"])).stdout.trim(), "1");
+
+  process.kill(state.proxy!.pid, "SIGTERM");
+  for (let i = 0; i < 100 && isAlive(state.proxy!.pid); i++) await sleep(50);
+  t.notOk(isAlive(state.proxy!.pid), "the proxy exited on SIGTERM");
+  const after = await inNs(ns, ["nft", "list", "tables"]);
+  t.notMatch(after.stdout, /tcp_replicator/, "its table is gone");
+  t.notMatch(
+    (await inNs(ns, ["ip", "-4", "addr", "show", "be0"])).stdout,
+    new RegExp(`${repl.replace(/\./g, "\\.")}/`),
+    "the replication address is gone",
+  );
+});
+
+t.test("a broken config is refused before anything starts", async (t) => {
+  const r = await cli(["proxy", "--vip", "10.0.0.1", "--port", "99999"]);
+  t.equal(r.code, 2);
+  t.match(r.stderr, /port: expected an integer from 1 to 65535|original: expected an IPv4 address/);
+  const r2 = await cli(["proxy", "--config", "/nonexistent.json"]);
+  t.equal(r2.code, 2);
+  t.match(r2.stderr, /cannot read config/);
+});

@@ -1,0 +1,55 @@
+import t from "tap";
+import { ConfigError, parseProxyConfig } from "../../src/proxy/config.js";
+
+const good = {
+  vip: "10.0.0.100",
+  port: 8080,
+  original: "10.0.1.10",
+  snatAddress: "10.0.1.1",
+  replicationAddress: "10.0.1.2",
+  replicas: [{ id: "r1", address: "10.0.1.11" }],
+};
+
+t.test("a valid config gets defaults", async (t) => {
+  const c = parseProxyConfig(good);
+  t.equal(c.captureDevice, "any");
+  t.equal(c.table, "tcp_replicator");
+  t.equal(c.limits.perConnectionBytes, 8 * 1024 * 1024);
+  t.equal(c.finHoldMs, 2000);
+  t.equal(parseProxyConfig({ ...good, limits: { maxConnections: 5 } }).limits.maxConnections, 5);
+});
+
+t.test("bad configs are refused with the field's name", async (t) => {
+  const cases: Array<[unknown, RegExp]> = [
+    [null, /JSON object/],
+    [[], /JSON object/],
+    [{ ...good, vip: "10.0.0.300" }, /^vip: expected an IPv4 address/],
+    [{ ...good, port: 0 }, /^port: expected an integer from 1 to 65535/],
+    [{ ...good, port: "80" }, /^port/],
+    [{ ...good, colour: "blue" }, /unknown field "colour"/],
+    [{ ...good, replicas: {} }, /replicas: expected an array/],
+    [{ ...good, replicas: [{ id: "r 1", address: "10.0.1.11" }] }, /replicas\[0\]\.id/],
+    [
+      { ...good, replicas: [{ id: "r1", address: "10.0.1.11", extra: 1 }] },
+      /replicas\[0\]: unknown field "extra"/,
+    ],
+    [{ ...good, replicas: [good.replicas[0], { id: "r1", address: "10.0.1.12" }] }, /ids must be unique/],
+    [
+      { ...good, replicas: [good.replicas[0], { id: "r2", address: "10.0.1.11" }] },
+      /addresses must be unique/,
+    ],
+    [{ ...good, replicationAddress: "10.0.1.10" }, /must all differ/],
+    [{ ...good, limits: { perConnectionBytes: 10 } }, /perConnectionBytes/],
+    [{ ...good, limits: { bogus: 1 } }, /limits: unknown field "bogus"/],
+    [{ ...good, logLevel: "loud" }, /logLevel/],
+    [{ ...good, table: "drop table" }, /table/],
+  ];
+  for (const [raw, message] of cases) {
+    t.throws(() => parseProxyConfig(raw), { name: "Error", message }, JSON.stringify(raw)?.slice(0, 80));
+    try {
+      parseProxyConfig(raw);
+    } catch (e) {
+      t.ok(e instanceof ConfigError, "a ConfigError");
+    }
+  }
+});
