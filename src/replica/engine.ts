@@ -907,6 +907,15 @@ export class ReplicationEngine {
       flags |= ACK;
     }
     s.lastWindowSent = conn.lastClientWindow;
+    return this.towardReplica(conn, s, { seq, ack, flags, window: conn.lastClientWindow, options, payload });
+  }
+
+  /** A segment of the shadow conversation, from the replication address to the replica. */
+  private towardReplica(
+    conn: ReplicatedConnection,
+    s: ShadowConversation,
+    f: Pick<TcpSegment, "seq" | "ack" | "flags" | "window" | "options" | "payload">,
+  ): TcpSegment {
     this.ipId = (this.ipId + 1) & 0xffff;
     return {
       tos: 0,
@@ -918,13 +927,8 @@ export class ReplicationEngine {
       ipOptions: new Uint8Array(0),
       srcPort: conn.port!,
       dstPort: this.config.port,
-      seq,
-      ack,
-      flags,
-      window: conn.lastClientWindow,
       urgent: 0,
-      options,
-      payload,
+      ...f,
     };
   }
 
@@ -938,26 +942,15 @@ export class ReplicationEngine {
   private sendSyn(conn: ReplicatedConnection, s: ShadowConversation, now: number): void {
     s.synTries++;
     s.rttProbe = s.synTries === 1 ? { end: 0, at: now } : undefined;
-    this.ipId = (this.ipId + 1) & 0xffff;
     // The client's own SYN options: the replica negotiates exactly what the original did.
-    const seg: TcpSegment = {
-      tos: 0,
-      id: this.ipId,
-      dontFragment: true,
-      ttl: 64,
-      src: this.config.replicationAddress,
-      dst: s.replica.address,
-      ipOptions: new Uint8Array(0),
-      srcPort: conn.port!,
-      dstPort: this.config.port,
+    const seg = this.towardReplica(conn, s, {
       seq: conn.clientIsn,
       ack: 0,
       flags: SYN,
       window: conn.clientSynWindow,
-      urgent: 0,
       options: copyOptions(conn.clientSynOptions),
       payload: new Uint8Array(0),
-    };
+    });
     this.emit(s, seg);
     s.rtoDeadline = now + s.rtoMs;
   }
