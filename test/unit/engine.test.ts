@@ -510,3 +510,66 @@ t.test("a lossy replica link still delivers the exact client stream (simulation)
   );
   t.pass("every run delivered the exact stream");
 });
+
+t.test("bytes lost to capture: the connection is marked and its shadows lagging", async (t) => {
+  const sc = new Scenario();
+  sc.open();
+  sc.replicaSynAck(R1, 1);
+  sc.client("abc");
+  sc.clientSent += 5; // five client bytes the capture never delivered
+  sc.original("ok"); // ...but the original acknowledges them
+  const s = sc.engine.stats();
+  t.equal(s.captureGaps, 1);
+  t.match(
+    sc.events.find((e) => e.type === "capture-gap"),
+    { direction: "client", acked: 8, captured: 3 },
+  );
+  t.match(
+    sc.events.find((e) => e.type === "lagging"),
+    { reason: "client bytes lost to capture" },
+  );
+  t.equal(s.replicas[0]!.shadowsActive, 0);
+});
+
+t.test("with two capture channels a gap is only suspected until the other channel catches up", async (t) => {
+  const sc = new Scenario();
+  const feed = (s: TcpSegment, channel: string, timeUs: number) => {
+    sc.engine.onSegment(s, sc.now, { channel, timeUs });
+    sc.engine.flush(sc.now);
+    sc.drain();
+  };
+  const client = (seq: number, ack: number, payload: string) =>
+    seg({
+      src: CLIENT,
+      dst: VIP,
+      srcPort: CPORT,
+      dstPort: PORT,
+      seq: toSeq(seq, 1000),
+      ack: toSeq(ack, 5000),
+      payload: bytes(payload),
+    });
+  const original = (seq: number, ack: number, payload: string) =>
+    seg({
+      src: ORIGINAL,
+      dst: SNAT,
+      srcPort: PORT,
+      dstPort: CPORT,
+      seq: toSeq(seq, 5000),
+      ack: toSeq(ack, 1000),
+      payload: bytes(payload),
+    });
+  feed(seg({ src: CLIENT, dst: VIP, srcPort: CPORT, dstPort: PORT, seq: 1000, flags: SYN }), "client", 1);
+  feed(seg({ src: SNAT, dst: ORIGINAL, srcPort: CPORT, dstPort: PORT, seq: 1000, flags: SYN }), "client", 2);
+  feed(client(0, 0, ""), "client", 3);
+  // The client's ACK of 4 reply bytes (client channel) arrives before the reply (backend channel).
+  feed(client(0, 4, ""), "client", 100);
+  t.equal(sc.engine.stats().captureGaps, 0, "suspected, not confirmed");
+  feed(original(0, 0, "four"), "backend", 50);
+  t.equal(sc.engine.stats().captureGaps, 0, "the bytes came: suspicion cleared");
+  // Now bytes that never come: the backend channel moves on well past the acknowledgement.
+  feed(client(0, 9, ""), "client", 200);
+  feed(original(4, 0, "x"), "backend", 150);
+  t.equal(sc.engine.stats().captureGaps, 0, "the channel has not passed the ACK's time yet");
+  feed(original(5, 0, ""), "backend", 200 + 300_000);
+  t.equal(sc.engine.stats().captureGaps, 1, "confirmed once the backend channel delivered later packets");
+});
