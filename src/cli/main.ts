@@ -18,7 +18,7 @@ import { readFile } from "node:fs/promises";
 import { pino } from "pino";
 import { ConfigError, parseProxyConfig } from "../proxy/config.js";
 import { Proxy } from "../proxy/proxy.js";
-import { queryStats } from "../proxy/stats-client.js";
+import { queryStats, request } from "../proxy/stats-client.js";
 
 export class UsageError extends Error {}
 
@@ -29,6 +29,7 @@ const USAGE = `usage:
   tcp-replicator lab kill --name NAME TARGET --mode process|freeze|link|host
   tcp-replicator lab list
   tcp-replicator lab status --name NAME
+  tcp-replicator lab promote --name NAME REPLICA               # external failure signal: promote now
   tcp-replicator lab stats --name NAME                      # the appliance's replication statistics
   tcp-replicator proxy --config FILE | --vip IP --port P --original IP --snat IP
                        --replication-address IP [--replica ID=IP ...] [--stats-socket PATH] [--log-level L]
@@ -123,6 +124,17 @@ async function labCommand(sub: string | undefined, rest: string[]): Promise<numb
       const state = await readState(name);
       if (!state) throw new UsageError(`no lab named ${JSON.stringify(name)}`);
       print({ ...labSummary(state.topology), services: state.services, faults: state.faults });
+      return 0;
+    }
+    case "promote": {
+      const { values, positionals } = parse(rest, { name: { type: "string" } }, 1);
+      const name = requireName(values.name);
+      const replica = positionals[0];
+      if (replica === undefined) throw new UsageError("lab promote: REPLICA is required (replicaK)");
+      const state = await readState(name);
+      if (!state) throw new UsageError(`no lab named ${JSON.stringify(name)}`);
+      if (!state.proxy) throw new UsageError(`lab ${name} runs no replication (0 replicas)`);
+      print(await request(state.proxy.statsSocket, { cmd: "promote", replica }));
       return 0;
     }
     case "stats": {

@@ -48,14 +48,14 @@ export function captureFilters(a: CaptureFilterAddresses): { client: string; bac
   const ip = formatIPv4;
   const syn = "tcp[tcpflags] & tcp-syn != 0";
   const fromReplica = `tcp and dst host ${ip(a.replicationAddress)} and src port ${a.port}`;
+  // The original is named by its role (the kernel path's peer: the SNAT address), not by its
+  // address: after a promotion the new original is matched without restarting the capture.
   return {
     client:
       `(tcp and dst host ${ip(a.vip)} and dst port ${a.port}) or ` +
-      `(tcp and src host ${ip(a.snatAddress)} and dst host ${ip(a.original)} and dst port ${a.port} and ${syn}) or ` +
+      `(tcp and src host ${ip(a.snatAddress)} and dst port ${a.port} and ${syn}) or ` +
       `(${fromReplica} and ${syn})`,
-    backend:
-      `(tcp and src host ${ip(a.original)} and src port ${a.port} and dst host ${ip(a.snatAddress)}) or ` +
-      `(${fromReplica} and not ${syn})`,
+    backend: `(tcp and dst host ${ip(a.snatAddress)} and src port ${a.port}) or (${fromReplica} and not ${syn})`,
   };
 }
 

@@ -13,6 +13,8 @@ export interface KernelPathConfig {
   /** Source address the original sees (SNAT); the appliance's address on the backend LAN. */
   snatAddress: string;
   table?: string;
+  /** Former originals: nothing is forwarded to or from them any more. */
+  fenced?: string[];
   /** With replication on: the engine's source address and the mark its raw packets carry. */
   replication?: { address: string; mark: number };
 }
@@ -43,6 +45,10 @@ function checkConfig(c: KernelPathConfig): void {
     if (!Number.isInteger(c.replication.mark) || c.replication.mark < 1 || c.replication.mark > 0xffffffff) {
       throw new Error(`kernel path: mark ${c.replication.mark} out of range`);
     }
+  }
+  for (const f of c.fenced ?? []) {
+    if (!isIPv4(f))
+      throw new Error(`kernel path: fenced address ${JSON.stringify(f)} is not an IPv4 address`);
   }
   if (c.table !== undefined && !/^[a-z_][a-z0-9_]{0,30}$/.test(c.table)) {
     throw new Error(`kernel path: bad table name ${JSON.stringify(c.table)}`);
@@ -75,6 +81,13 @@ export function renderKernelPath(c: KernelPathConfig): string {
     meta mark ${rep.mark} counter notrack comment "engine-output-notrack"
   }`
     : "";
+  const fence = (c.fenced ?? [])
+    .map(
+      (f) => `
+    ip daddr ${f} counter drop comment "fenced"
+    ip saddr ${f} counter drop comment "fenced"`,
+    )
+    .join("");
   const hold = rep
     ? `
     ip saddr ${c.original} tcp sport ${c.port} tcp flags & (fin | rst) != 0 counter drop comment "original-close-held"`
@@ -91,7 +104,7 @@ table ip ${t} {
     ip daddr ${c.original} tcp dport ${c.port} ct status dnat counter snat to ${c.snatAddress} comment "zero-config-snat"
   }
   chain forward {
-    type filter hook forward priority filter; policy accept;${hold}
+    type filter hook forward priority filter; policy accept;${fence}${hold}
     ip daddr ${c.original} tcp dport ${c.port} ct status dnat counter comment "client-to-original"
     ip saddr ${c.original} tcp sport ${c.port} ct status dnat counter comment "original-to-client"
   }${replicationChains}

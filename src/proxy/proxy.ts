@@ -6,12 +6,18 @@ import { rm } from "node:fs/promises";
 import { setPriority } from "node:os";
 import type { Logger } from "pino";
 import { run, runStatus } from "../sys/command.js";
-import { parseIPv4 } from "../wire/ipv4.js";
+import { formatIPv4, parseIPv4 } from "../wire/ipv4.js";
 import { ReplicationEngine } from "../replica/engine.js";
 import { defaultConfig, type EngineStats } from "../replica/types.js";
 import { Capture, captureFilters, type CaptureCounters, type CaptureSink } from "./capture.js";
 import { Injector } from "./inject.js";
-import { installKernelPath, readCounters, removeKernelPath, type RuleCounter } from "./nft.js";
+import {
+  installKernelPath,
+  readCounters,
+  removeKernelPath,
+  type KernelPathConfig,
+  type RuleCounter,
+} from "./nft.js";
 import type { ProxyConfig } from "./config.js";
 
 export interface ProxyStats {
@@ -37,6 +43,9 @@ export class Proxy {
   private tickQueued = false;
   private addedAddress: { address: string; dev: string } | undefined;
   private readonly started = performance.now();
+  private currentOriginal: string;
+  private readonly fenced = new Set<string>();
+  private kernelUpdate: Promise<void> = Promise.resolve();
   readonly engine: ReplicationEngine;
 
   private constructor(
@@ -53,6 +62,7 @@ export class Proxy {
     this.engine = new ReplicationEngine({ ...base, limits: config.limits, finHoldMs: config.finHoldMs });
     for (const r of config.replicas) this.engine.addReplica({ id: r.id, address: parseIPv4(r.address) });
     this.engine.drain();
+    this.currentOriginal = config.original;
   }
 
   static async start(config: ProxyConfig, log: Logger): Promise<Proxy> {
@@ -75,14 +85,7 @@ export class Proxy {
       this.log.warn("could not raise the proxy's scheduling priority");
     }
     const replicating = c.replicas.length > 0;
-    await installKernelPath(undefined, {
-      vip: c.vip,
-      port: c.port,
-      original: c.original,
-      snatAddress: c.snatAddress,
-      table: c.table,
-      ...(replicating ? { replication: { address: c.replicationAddress, mark: c.mark } } : {}),
-    });
+    await installKernelPath(undefined, this.kernelPathConfig());
     // Held FINs and engine-released segments are unknown to conntrack's window tracking; with
     // strict tracking the client's ACK of a released FIN would be INVALID, miss NAT and be
     // answered by our own RST. Liberal tracking only checks RSTs against the window.
@@ -137,18 +140,54 @@ export class Proxy {
     for (const o of this.engine.drain()) {
       if (o.type === "send") {
         this.injector?.send(o.segment);
+      } else if (o.type === "promote") {
+        this.retarget(formatIPv4(o.original), formatIPv4(o.previous));
       } else if (
         o.event.type === "diverged" ||
         o.event.type === "lagging" ||
         o.event.type === "capture-gap"
       ) {
         this.log.warn(o.event, o.event.type);
-      } else if (o.event.type === "unverified") {
+      } else if (o.event.type === "unverified" || o.event.type === "promoted") {
         this.log.info(o.event, o.event.type);
       } else {
         this.log.debug(o.event, o.event.type);
       }
     }
+  }
+
+  /** New connections go to the new original; the old one is fenced (nothing to it or from it). */
+  private retarget(original: string, previous: string): void {
+    this.fenced.add(previous);
+    this.fenced.delete(original);
+    this.currentOriginal = original;
+    this.kernelUpdate = this.kernelUpdate
+      .then(() => installKernelPath(undefined, this.kernelPathConfig()))
+      .then(
+        () => this.log.info({ original, fenced: [...this.fenced] }, "kernel path retargeted"),
+        (e: unknown) => this.log.error({ err: String(e) }, "kernel path retarget failed"),
+      );
+  }
+
+  private kernelPathConfig(): KernelPathConfig {
+    const c = this.config;
+    return {
+      vip: c.vip,
+      port: c.port,
+      original: this.currentOriginal,
+      snatAddress: c.snatAddress,
+      table: c.table,
+      fenced: [...this.fenced],
+      ...(c.replicas.length > 0 ? { replication: { address: c.replicationAddress, mark: c.mark } } : {}),
+    };
+  }
+
+  /** Promotes a replica now (external failure signal or planned switchover). */
+  async promote(replica: string): Promise<{ spliced: number; reset: number; dropped: number }> {
+    const report = this.engine.promote(replica, performance.now());
+    this.drainOutputs();
+    await this.kernelUpdate;
+    return report;
   }
 
   private tick(): void {
@@ -165,16 +204,45 @@ export class Proxy {
 
   private async listenStats(path: string): Promise<void> {
     await rm(path, { force: true });
-    this.server = createServer((sock) => {
-      this.stats().then(
-        (s) => sock.end(JSON.stringify(s) + "\n"),
-        (e: unknown) => sock.end(JSON.stringify({ error: String(e) }) + "\n"),
-      );
+    // One JSON request per connection: {"cmd":"stats"} (also the default for an empty request)
+    // or {"cmd":"promote","replica":"ID"}; one JSON answer.
+    this.server = createServer({ allowHalfOpen: true }, (sock) => {
+      let req = "";
+      sock.setEncoding("utf8");
+      sock.on("error", () => sock.destroy());
+      sock.on("data", (d: string) => {
+        req += d;
+        if (req.length > 4096) sock.destroy();
+      });
+      sock.on("end", () => {
+        this.handleRequest(req).then(
+          (answer) => sock.end(JSON.stringify(answer) + "\n"),
+          (e: unknown) =>
+            sock.end(JSON.stringify({ error: e instanceof Error ? e.message : String(e) }) + "\n"),
+        );
+      });
     });
     await new Promise<void>((resolve, reject) => {
       this.server!.once("error", reject);
       this.server!.listen(path, () => resolve());
     });
+  }
+
+  private async handleRequest(text: string): Promise<unknown> {
+    let req: { cmd?: unknown; replica?: unknown } = {};
+    if (text.trim() !== "") {
+      try {
+        req = JSON.parse(text) as typeof req;
+      } catch {
+        throw new Error("request is not valid JSON");
+      }
+    }
+    if (req.cmd === undefined || req.cmd === "stats") return this.stats();
+    if (req.cmd === "promote") {
+      if (typeof req.replica !== "string") throw new Error("promote: replica (string) required");
+      return this.promote(req.replica);
+    }
+    throw new Error(`unknown cmd ${JSON.stringify(req.cmd)}`);
   }
 
   async stats(): Promise<ProxyStats> {

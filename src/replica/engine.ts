@@ -70,6 +70,23 @@ export class ReplicatedConnection {
   originalAckOffset = 0;
   held: HeldClose | undefined;
 
+  // --- the original's side as the client knows it (needed to splice a replica in) ---
+  originalWscale = 0;
+  originalMss = 536;
+  lastOriginalTsval: number | undefined;
+
+  // --- after a promotion: the shadow that now serves the client ---
+  spliced: ShadowConversation | undefined;
+  /** Added to the replica's TSval so the client sees it continue the original's (PAWS). */
+  tsOffset = 0;
+  /** Reply offset up to which bytes were sent to the client (data units; FIN not included). */
+  sentToClient = 0;
+  spliceFinSent = false;
+  /** Client-space ACK (offset) last sent to the client on the replica's behalf. */
+  ackToClient = -1;
+  /** Reset toward the client, waiting for its challenge ACK if the first RST missed (RFC 5961). */
+  resetting = false;
+
   readonly shadows = new Map<string, ShadowConversation>();
   /** Replicas that joined after this connection opened: never promoted for it. */
   readonly notPromotable = new Set<string>();
@@ -129,6 +146,8 @@ interface ReplicaCounters {
   buffered: number;
   rttSamples: number;
   lastSrttMs: number | undefined;
+  /** Promoted to original: it serves its spliced connections and gets no new shadows. */
+  promoted: boolean;
 }
 
 export class ReplicationEngine {
@@ -172,8 +191,16 @@ export class ReplicationEngine {
   };
   private readonly rejected: Record<string, number> = {};
 
+  /** The current original (it changes when a replica is promoted). */
+  private original: number;
+
   constructor(readonly config: EngineConfig) {
     this.nextPort = config.portRange[0];
+    this.original = config.original;
+  }
+
+  get originalAddress(): number {
+    return this.original;
   }
 
   // ------------------------------------------------------------------ public interface
@@ -211,6 +238,7 @@ export class ReplicationEngine {
       buffered: 0,
       rttSamples: 0,
       lastSrttMs: undefined,
+      promoted: false,
     });
     // Connections already open started before this replica had their bytes: it gets only new ones.
     for (const c of this.conns.values()) c.notPromotable.add(info.id);
@@ -251,6 +279,7 @@ export class ReplicationEngine {
    */
   flush(now: number): void {
     for (const conn of this.dirty) {
+      if (conn.spliced) this.forwardToClient(conn, conn.spliced, undefined, 0);
       for (const s of conn.shadows.values()) {
         if (s.state !== "open") continue;
         const before = s.segmentsSent;
@@ -281,11 +310,11 @@ export class ReplicationEngine {
       this.counters.client++;
       if (capture) this.channelOf.client = capture.channel;
       this.onClient(seg, now);
-    } else if (seg.src === c.original && seg.srcPort === c.port && seg.dst === c.snatAddress) {
+    } else if (seg.src === this.original && seg.srcPort === c.port && seg.dst === c.snatAddress) {
       this.counters.original++;
       if (capture) this.channelOf.original = capture.channel;
       this.onOriginal(seg, now);
-    } else if (seg.dst === c.original && seg.dstPort === c.port && seg.src === c.snatAddress) {
+    } else if (seg.dst === this.original && seg.dstPort === c.port && seg.src === c.snatAddress) {
       if ((seg.flags & (SYN | ACK)) === SYN) {
         this.counters.natSyn++;
         this.onNatSyn(seg);
@@ -443,6 +472,12 @@ export class ReplicationEngine {
       return;
     }
     if (conn.phase === "closed" && conn.clientRst) return;
+    if (conn.resetting) {
+      // Linux answers an inexact RST with a challenge ACK (RFC 5961) naming rcv_nxt: reset there.
+      if (!(seg.flags & RST) && seg.flags & ACK)
+        this.out.push({ type: "send", segment: this.toClient(conn, seg.ack, RST | ACK), to: "client" });
+      return;
+    }
 
     if (seg.flags & RST) {
       conn.clientRst = true;
@@ -468,7 +503,13 @@ export class ReplicationEngine {
       const ackOff = toOffset(seg.ack, conn.originalIsn, conn.clientAckOffset);
       if (ackOff > conn.clientAckOffset) conn.clientAckOffset = ackOff;
       const replyEnd = conn.original.end + (conn.originalFinOffset === conn.original.end ? 1 : 0);
-      if (conn.clientAckOffset > replyEnd && !conn.captureGap && conn.originalIsn !== undefined) {
+      // After a splice the client acknowledges the new original's bytes, which we send ourselves.
+      if (
+        !conn.spliced &&
+        conn.clientAckOffset > replyEnd &&
+        !conn.captureGap &&
+        conn.originalIsn !== undefined
+      ) {
         // The client acknowledged reply bytes we never captured: they cannot be verified.
         this.suspectGap(conn, "original", conn.clientAckOffset, now);
       }
@@ -552,6 +593,7 @@ export class ReplicationEngine {
     conn.port = port;
     this.byShadowPort.set(port, conn);
     for (const r of this.replicas.values()) {
+      if (r.promoted) continue;
       const s = new ShadowConversation(r.info, this.config.rto.initialMs, this.config.limits.outOfOrderBytes);
       conn.shadows.set(r.info.id, s);
       r.shadowsOpened++;
@@ -581,8 +623,15 @@ export class ReplicationEngine {
       this.holdUnbound(seg, now);
       return;
     }
+    const ots = findOption(seg.options, "timestamp");
+    if (ots) conn.lastOriginalTsval = ots.tsval;
     if (seg.flags & SYN) {
-      if (seg.flags & ACK && conn.originalIsn === undefined) conn.originalIsn = seg.seq;
+      if (seg.flags & ACK) {
+        if (conn.originalIsn === undefined) conn.originalIsn = seg.seq;
+        const ws = findOption(seg.options, "wscale");
+        conn.originalWscale = ws && conn.clientOffered("wscale") ? Math.min(14, ws.shift) : 0;
+        conn.originalMss = findOption(seg.options, "mss")?.value ?? 536;
+      }
       return;
     }
     if (seg.flags & RST && conn.phase === "syn") {
@@ -740,6 +789,7 @@ export class ReplicationEngine {
     if (ts && (s.tsRecent === undefined || seqDiff(ts.tsval, s.tsRecent) >= 0)) s.tsRecent = ts.tsval;
 
     if (seg.flags & ACK) this.onReplicaAck(conn, s, seg, now, r);
+    s.lastWindow = seg.window;
 
     const off = toOffset(seg.seq, s.replicaIsn, s.reply.end);
     let duplicate = false;
@@ -771,6 +821,8 @@ export class ReplicationEngine {
         this.dirty.add(conn);
       }
     }
+    if (conn.spliced === s)
+      this.forwardToClient(conn, s, seg.payload.length > 0 ? off : undefined, seg.payload.length);
     this.maybeCloseShadow(conn, s);
     this.checkDone(conn, now);
     this.enforceLimits(conn);
@@ -855,6 +907,14 @@ export class ReplicationEngine {
 
   private onReplicaRst(conn: ReplicatedConnection, s: ShadowConversation, now: number): void {
     s.replicaRst = true;
+    if (conn.spliced === s) {
+      // The new original reset the connection: so does the client's view of it.
+      this.resetClient(conn);
+      this.closeShadow(conn, s);
+      this.markClosed(conn, now);
+      this.account(conn);
+      return;
+    }
     const expected = conn.held?.kind === "rst";
     if (!expected && s.status === "healthy") {
       const reason = s.state === "syn-sent" ? "refused the connection" : "reset the connection";
@@ -1319,6 +1379,196 @@ export class ReplicationEngine {
     }
   }
 
+  // ------------------------------------------------------------------ promotion and splice
+
+  /**
+   * Makes replica `id` the original. Every open connection whose shadow on that replica is a
+   * faithful copy (healthy, opened with the connection) is spliced: from now on the replica's
+   * bytes go to the client, translated into the original's sequence, timestamp and window space,
+   * starting with what the client has not acknowledged yet (sent at once, not after the replica's
+   * retransmission timer). Every other connection is reset toward the client, never spliced: a
+   * diverged or lagging copy would hand the client corrupted bytes. The kernel side (fence the old
+   * original, point new connections at the new one) is the I/O edge's job: see the "promote" output.
+   */
+  promote(id: string, now: number): { spliced: number; reset: number; dropped: number } {
+    const r = this.replicas.get(id);
+    if (!r || r.promoted) throw new Error(`no replica ${id} to promote`);
+    const old = this.original;
+    const report = { spliced: 0, reset: 0, dropped: 0 };
+    for (const conn of [...this.conns.values()]) {
+      if (conn.phase !== "open") {
+        this.deleteConnection(conn);
+        report.dropped++;
+        continue;
+      }
+      const s = conn.shadows.get(id);
+      const faithful =
+        s !== undefined &&
+        s.state === "open" &&
+        s.status === "healthy" &&
+        !conn.notPromotable.has(id) &&
+        conn.originalIsn !== undefined &&
+        s.replicaIsn !== undefined &&
+        !conn.captureGap;
+      if (faithful) {
+        this.splice(conn, s);
+        report.spliced++;
+      } else {
+        this.resetClient(conn);
+        for (const x of conn.shadows.values()) {
+          if (x.live) {
+            this.sendRst(conn, x);
+            this.closeShadow(conn, x);
+          }
+        }
+        this.markClosed(conn, now);
+        this.account(conn);
+        report.reset++;
+      }
+    }
+    r.promoted = true;
+    this.original = r.info.address;
+    this.pendingNat.clear();
+    this.out.push({ type: "promote", replica: id, original: r.info.address, previous: old });
+    this.event({ type: "promoted", replica: id, ...report });
+    return report;
+  }
+
+  private splice(conn: ReplicatedConnection, s: ShadowConversation): void {
+    conn.spliced = s;
+    conn.sentToClient = Math.max(
+      conn.clientAckOffset -
+        (conn.originalFinOffset !== undefined && conn.clientAckOffset > conn.originalFinOffset ? 1 : 0),
+      0,
+    );
+    if (conn.lastOriginalTsval !== undefined && s.tsRecent !== undefined) {
+      conn.tsOffset = (conn.lastOriginalTsval + 1 - s.tsRecent) >>> 0;
+    }
+    // The old original's close, if any was held, is moot: the replica decides now.
+    if (conn.held && !conn.held.released) conn.held.released = true;
+    for (const x of conn.shadows.values()) {
+      if (x !== s && x.live) this.setStatus(conn, x, "unverified", "its original was replaced", x.compared);
+    }
+    this.forwardToClient(conn, s, undefined, 0);
+  }
+
+  /** A segment from the VIP to the client in the original's sequence space. */
+  private toClient(
+    conn: ReplicatedConnection,
+    seq: number,
+    flags: number,
+    payload: Uint8Array = new Uint8Array(0),
+  ): TcpSegment {
+    const s = conn.spliced;
+    const options: TcpOption[] = [];
+    if (s?.tsOk && s.tsRecent !== undefined) {
+      options.push(
+        { kind: "nop" },
+        { kind: "nop" },
+        {
+          kind: "timestamp",
+          tsval: (s.tsRecent + conn.tsOffset) >>> 0,
+          tsecr: conn.lastClientTsval ?? 0,
+        },
+      );
+    }
+    const ack = s ? toSeq(Math.max(0, s.sndUna), conn.clientIsn) : toSeq(conn.client.end, conn.clientIsn);
+    const window = s
+      ? Math.min(0xffff, Math.floor((s.lastWindow * 2 ** s.wscale) / 2 ** conn.originalWscale))
+      : 0;
+    this.ipId = (this.ipId + 1) & 0xffff;
+    return {
+      tos: 0,
+      id: this.ipId,
+      dontFragment: true,
+      ttl: 64,
+      src: this.config.vip,
+      dst: conn.clientAddr,
+      ipOptions: new Uint8Array(0),
+      srcPort: this.config.port,
+      dstPort: conn.clientPort,
+      seq,
+      ack,
+      flags: flags & RST && !(flags & ACK) ? flags : flags | ACK,
+      window,
+      urgent: 0,
+      options,
+      payload,
+    };
+  }
+
+  /**
+   * Sends the client the spliced replica's bytes it has not been sent, its FIN, and an ACK when
+   * the replica acknowledged more of the client's bytes. Bytes at offsets the original had sent
+   * go out only once compared equal; `resend` re-sends a range the replica retransmitted (the
+   * client missed it).
+   */
+  private forwardToClient(
+    conn: ReplicatedConnection,
+    s: ShadowConversation,
+    resend: number | undefined,
+    resendLength: number,
+  ): void {
+    const isn = conn.originalIsn!;
+    if (s.status === "diverged") {
+      this.resetClient(conn);
+      return;
+    }
+    const verified = s.compared >= conn.original.end ? s.reply.end : s.compared;
+    const maxPayload = Math.max(1, Math.min(conn.originalMss, this.config.mtu - 40) - (s.tsOk ? 12 : 0));
+    const send = (from: number, to: number) => {
+      for (let off = from; off < to; off += maxPayload) {
+        const end = Math.min(to, off + maxPayload);
+        this.out.push({
+          type: "send",
+          segment: this.toClient(conn, toSeq(off, isn), end === to ? PSH : 0, s.reply.read(off, end)),
+          to: "client",
+        });
+      }
+    };
+    if (resend !== undefined && resend < conn.sentToClient) {
+      const from = Math.max(resend, s.reply.base, conn.clientAckOffset);
+      const to = Math.min(resend + resendLength, conn.sentToClient);
+      if (to > from) send(from, to);
+    }
+    const from = Math.max(conn.sentToClient, s.reply.base);
+    if (verified > from) {
+      send(from, verified);
+      conn.sentToClient = verified;
+    }
+    let acked = false;
+    if (s.replicaFinOffset !== undefined && conn.sentToClient === s.replicaFinOffset && !conn.spliceFinSent) {
+      conn.spliceFinSent = true;
+      this.out.push({
+        type: "send",
+        segment: this.toClient(conn, toSeq(s.replicaFinOffset, isn), FIN),
+        to: "client",
+      });
+      acked = true;
+    }
+    if (!acked && Math.max(0, s.sndUna) > conn.ackToClient && verified <= from) {
+      this.out.push({
+        type: "send",
+        segment: this.toClient(conn, toSeq(conn.sentToClient, isn), 0),
+        to: "client",
+      });
+    }
+    conn.ackToClient = Math.max(conn.ackToClient, Math.max(0, s.sndUna));
+  }
+
+  /** Resets the client's connection: at what it acknowledged and at what it may have received. */
+  private resetClient(conn: ReplicatedConnection): void {
+    if (conn.originalIsn === undefined) return;
+    conn.resetting = true;
+    const at = new Set([conn.clientAckOffset, conn.original.end, conn.sentToClient]);
+    for (const off of at)
+      this.out.push({
+        type: "send",
+        segment: this.toClient(conn, toSeq(off, conn.originalIsn), RST),
+        to: "client",
+      });
+  }
+
   // ------------------------------------------------------------------ lifecycle
 
   private closeShadow(conn: ReplicatedConnection, s: ShadowConversation): void {
@@ -1348,10 +1598,12 @@ export class ReplicationEngine {
     if (conn.phase !== "open") return;
     const clientDone =
       conn.clientFinOffset !== undefined && conn.originalAckOffset >= conn.clientFinOffset + 1;
-    const serverDone =
-      conn.held?.released === true &&
-      (conn.held.kind === "rst" ||
-        (conn.originalFinOffset !== undefined && conn.clientAckOffset >= conn.originalFinOffset + 1));
+    const sp = conn.spliced;
+    const serverDone = sp
+      ? sp.replicaFinOffset !== undefined && conn.clientAckOffset >= sp.replicaFinOffset + 1
+      : conn.held?.released === true &&
+        (conn.held.kind === "rst" ||
+          (conn.originalFinOffset !== undefined && conn.clientAckOffset >= conn.originalFinOffset + 1));
     if (clientDone && serverDone) this.markClosed(conn, now);
   }
 

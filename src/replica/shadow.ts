@@ -41,6 +41,8 @@ export class ShadowConversation {
   synTries = 0;
   /** Window advertised to the replica last, to detect when a window update is owed. */
   lastWindowSent = 0;
+  /** The replica's last window field (unscaled). */
+  lastWindow = 0;
   /** An ACK must go out at the next flush even if no data does (duplicate, hole, window). */
   ackOwed = false;
 

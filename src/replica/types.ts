@@ -88,12 +88,16 @@ export type EngineEvent =
   | { type: "unverified"; conn: string; replica: string; reason: string }
   | { type: "close-released"; conn: string; kind: "fin" | "rst"; heldMs: number; matched: boolean }
   | { type: "capture-gap"; conn: string; direction: "client" | "original"; acked: number; captured: number }
+  | { type: "promoted"; replica: string; spliced: number; reset: number; dropped: number }
   | { type: "replica-added"; replica: string }
   | { type: "replica-removed"; replica: string };
 
 export type EngineOutput =
   /** A segment to emit (raw socket); its destination is in the segment. */
-  { type: "send"; segment: TcpSegment; to: "replica" | "client" } | { type: "event"; event: EngineEvent };
+  | { type: "send"; segment: TcpSegment; to: "replica" | "client" }
+  | { type: "event"; event: EngineEvent }
+  /** The kernel must now fence `previous` and send new connections to `original`. */
+  | { type: "promote"; replica: string; original: number; previous: number };
 
 export interface ReplicaStats {
   id: string;

@@ -62,6 +62,7 @@ class Scenario {
   clientSent = 0;
   originalSent = 0;
   events: EngineEvent[] = [];
+  promotions: Array<{ replica: string; original: number; previous: number }> = [];
 
   constructor(cfg: EngineConfig = config(), replicas = [R1], isns = { client: 1000, original: 5000 }) {
     this.engine = new ReplicationEngine(cfg);
@@ -89,7 +90,8 @@ class Scenario {
     const out: TcpSegment[] = [];
     for (const o of this.engine.drain()) {
       if (o.type === "send") out.push(o.segment);
-      else this.events.push(o.event);
+      else if (o.type === "event") this.events.push(o.event);
+      else this.promotions.push(o);
     }
     return out;
   }
@@ -572,4 +574,96 @@ t.test("with two capture channels a gap is only suspected until the other channe
   t.equal(sc.engine.stats().captureGaps, 0, "the channel has not passed the ACK's time yet");
   feed(original(5, 0, ""), "backend", 200 + 300_000);
   t.equal(sc.engine.stats().captureGaps, 1, "confirmed once the backend channel delivered later packets");
+});
+
+t.test(
+  "promotion splices a faithful shadow: the client gets the replica's bytes in its own spaces",
+  async (t) => {
+    const sc = new Scenario(config(), [R1, R2]);
+    sc.open(); // SYNs to r1 and r2 from the same shadow port
+    sc.feed(
+      seg({
+        src: ORIGINAL,
+        dst: SNAT,
+        srcPort: PORT,
+        dstPort: CPORT,
+        seq: 5000,
+        ack: 1001,
+        flags: SYN | ACK,
+        options: [
+          { kind: "mss", value: 1460 },
+          { kind: "timestamp", tsval: 100_000, tsecr: 777 },
+          { kind: "wscale", shift: 7 },
+        ],
+      }),
+    );
+    sc.replicaSynAck(R1, 70000);
+    sc.replicaSynAck(R2, 90000);
+    sc.client("INCR k\r\n");
+    sc.original(":1\r\n");
+    sc.replica(R1, 0, ":1\r\n", 8);
+    sc.replica(R2, 0, ":1\r\n", 8);
+    sc.client("INCR k\r\n", 4); // the client got ":1" and asks again; the original dies before answering
+    sc.replica(R1, 4, ":2\r\n", 16); // the replica answered already: the client has not seen it
+    const before = sc.engine.stats();
+    t.equal(before.replicas[0]!.diverged, 0);
+
+    const report = sc.engine.promote("r1", sc.now);
+    t.same(report, { spliced: 1, reset: 0, dropped: 0 });
+    const out = sc.drain();
+    t.same(
+      sc.promotions,
+      [{ replica: "r1", original: R1, previous: ORIGINAL }],
+      "the kernel is told to retarget",
+    );
+    const toClient = out.filter((s) => s.dst === CLIENT);
+    t.equal(toClient.length, 1, "the missing reply goes out at once");
+    const r = toClient[0]!;
+    t.equal(text(r.payload), ":2\r\n");
+    t.equal(r.src, VIP);
+    t.equal(r.srcPort, PORT);
+    t.equal(r.seq, toSeq(4, 5000), "in the original's sequence space");
+    t.equal(r.ack, toSeq(16, 1000), "acknowledging the client's bytes the replica has");
+    const ts = findOption(r.options, "timestamp")!;
+    t.ok(ts.tsval > 100_000, `TSval ${ts.tsval} continues after the original's 100000 (PAWS)`);
+    t.equal(r.window, Math.floor((1000 * 1) / 2 ** 7), "the replica's window in the original's scale");
+
+    // The client continues: its bytes reach r1 (now the original) and r2 (still replicating).
+    const more = sc.client("INCR k\r\n", 8);
+    t.same(more.filter((s) => s.dst === R1 && s.payload.length > 0).length, 1);
+    t.same(more.filter((s) => s.dst === R2 && s.payload.length > 0).length, 1);
+    const next = sc.replica(R1, 8, ":3\r\n", 24).filter((s) => s.dst === CLIENT);
+    t.equal(text(next[0]!.payload), ":3\r\n", "new replies are relayed");
+    t.equal(next[0]!.seq, toSeq(8, 5000));
+    // New connections now go to r1 as the original; its segments to the SNAT address are the original's.
+    t.throws(() => sc.engine.promote("r1", sc.now), /no replica r1/);
+    t.equal(sc.engine.originalAddress, R1);
+  },
+);
+
+t.test("promotion resets connections that cannot continue safely", async (t) => {
+  const sc = new Scenario(config(), [R1]);
+  sc.open();
+  sc.replicaSynAck(R1, 1);
+  sc.client("GET");
+  sc.original("Date: 1");
+  sc.replica(R1, 0, "Date: 2", 3); // diverged
+  const report = sc.engine.promote("r1", sc.now);
+  t.same(report, { spliced: 0, reset: 1, dropped: 0 });
+  const out = sc.drain();
+  const rsts = out.filter((s) => s.dst === CLIENT && s.flags & RST);
+  t.ok(rsts.length >= 1, "RST toward the client");
+  t.ok(
+    rsts.some((s) => s.seq === toSeq(7, sc.originalIsn)),
+    "at what the client may have received",
+  );
+  t.ok(
+    out.some((s) => s.dst === R1 && s.flags & RST),
+    "and the shadow is reset too",
+  );
+  // If the client answers with a challenge ACK (RFC 5961), the reset follows its exact ACK.
+  const challenge = sc.client("", 5);
+  t.equal(challenge.length, 1);
+  t.ok(challenge[0]!.flags & RST);
+  t.equal(challenge[0]!.seq, toSeq(5, sc.originalIsn));
 });
