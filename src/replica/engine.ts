@@ -1596,9 +1596,10 @@ export class ReplicationEngine {
    * released and acknowledged by the client. */
   private checkDone(conn: ReplicatedConnection, now: number): void {
     if (conn.phase !== "open") return;
-    const clientDone =
-      conn.clientFinOffset !== undefined && conn.originalAckOffset >= conn.clientFinOffset + 1;
     const sp = conn.spliced;
+    // Who acknowledges the client's FIN: the original, or after a splice the promoted replica.
+    const serverAck = sp ? Math.max(0, sp.sndUna) : conn.originalAckOffset;
+    const clientDone = conn.clientFinOffset !== undefined && serverAck >= conn.clientFinOffset + 1;
     const serverDone = sp
       ? sp.replicaFinOffset !== undefined && conn.clientAckOffset >= sp.replicaFinOffset + 1
       : conn.held?.released === true &&
