@@ -25,6 +25,8 @@ export interface ProxyConfig {
   statsSocket: string | undefined;
   limits: EngineLimits;
   finHoldMs: number;
+  /** Promote the best replica as soon as the original is seen failing. */
+  autoFailover: boolean;
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
 }
 
@@ -42,6 +44,7 @@ const KNOWN = new Set([
   "statsSocket",
   "limits",
   "finHoldMs",
+  "autoFailover",
   "logLevel",
 ]);
 const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
@@ -58,6 +61,13 @@ function int(raw: Record<string, unknown>, key: string, lo: number, hi: number, 
   if (typeof v !== "number" || !Number.isInteger(v) || v < lo || v > hi) {
     throw new ConfigError(`${key}: expected an integer from ${lo} to ${hi}, got ${JSON.stringify(raw[key])}`);
   }
+  return v;
+}
+
+function bool(raw: Record<string, unknown>, key: string): boolean {
+  const v = raw[key];
+  if (typeof v !== "boolean")
+    throw new ConfigError(`${key}: expected true or false, got ${JSON.stringify(v)}`);
   return v;
 }
 
@@ -113,6 +123,7 @@ export function parseProxyConfig(raw: unknown): ProxyConfig {
     statsSocket: typeof r.statsSocket === "string" ? r.statsSocket : undefined,
     limits,
     finHoldMs: int(r, "finHoldMs", 1, 600_000, 2000),
+    autoFailover: r.autoFailover === undefined ? true : bool(r, "autoFailover"),
     logLevel: (r.logLevel ?? "info") as ProxyConfig["logLevel"],
   };
   if (!(LOG_LEVELS as readonly string[]).includes(cfg.logLevel))

@@ -59,7 +59,12 @@ export class Proxy {
       snatAddress: parseIPv4(config.snatAddress),
       replicationAddress: parseIPv4(config.replicationAddress),
     });
-    this.engine = new ReplicationEngine({ ...base, limits: config.limits, finHoldMs: config.finHoldMs });
+    this.engine = new ReplicationEngine({
+      ...base,
+      limits: config.limits,
+      finHoldMs: config.finHoldMs,
+      failure: { ...base.failure, autoFailover: config.autoFailover },
+    });
     for (const r of config.replicas) this.engine.addReplica({ id: r.id, address: parseIPv4(r.address) });
     this.engine.drain();
     this.currentOriginal = config.original;
@@ -148,6 +153,8 @@ export class Proxy {
         o.event.type === "capture-gap"
       ) {
         this.log.warn(o.event, o.event.type);
+      } else if (o.event.type === "original-failure" || o.event.type === "no-replica-left") {
+        this.log.error(o.event, o.event.type);
       } else if (o.event.type === "unverified" || o.event.type === "promoted") {
         this.log.info(o.event, o.event.type);
       } else {
@@ -238,6 +245,12 @@ export class Proxy {
       }
     }
     if (req.cmd === undefined || req.cmd === "stats") return this.stats();
+    if (req.cmd === "failover") {
+      // External failure signal (operator, hypervisor): promote the best replica now.
+      const best = this.engine.bestReplica();
+      if (!best) throw new Error("no replica left to promote");
+      return { replica: best, ...(await this.promote(best)) };
+    }
     if (req.cmd === "promote") {
       if (typeof req.replica !== "string") throw new Error("promote: replica (string) required");
       return this.promote(req.replica);

@@ -84,6 +84,10 @@ export class ReplicatedConnection {
   spliceFinSent = false;
   /** Client-space ACK (offset) last sent to the client on the replica's behalf. */
   ackToClient = -1;
+  /** Since when a replica has answered bytes the original has not (failure detection). */
+  replyAheadSince: number | undefined;
+  /** Since when client bytes a replica acknowledged await the original's acknowledgement. */
+  ackBehindSince: number | undefined;
   /** Reset toward the client, waiting for its challenge ACK if the first RST missed (RFC 5961). */
   resetting = false;
 
@@ -172,6 +176,10 @@ export class ReplicationEngine {
   private ipId = 0;
   private nextPort: number;
   private totalBuffered = 0;
+  private failuresDetected = 0;
+  private promotions = 0;
+  /** A failure of the current original was signalled already. */
+  private failureSignaled = false;
 
   private readonly counters = {
     client: 0,
@@ -334,6 +342,7 @@ export class ReplicationEngine {
     const want = (t: number) => {
       if (next === undefined || t < next) next = t;
     };
+    let failed: { failed: true; reason: string; conn: ReplicatedConnection; afterMs: number } | undefined;
     if (this.unboundCount > 0) {
       this.expireUnbound(now);
       for (const list of this.unbound.values()) want(list[0]!.at + this.config.synTimeoutMs);
@@ -351,6 +360,12 @@ export class ReplicationEngine {
       if (conn.gapSuspects.client || conn.gapSuspects.original) {
         const g = this.checkGaps(conn, now);
         if (g !== undefined) want(g);
+      }
+      if (!failed && !this.failureSignaled) {
+        const f = this.detectFailure(conn, now);
+        if (f.failed) {
+          failed = f;
+        } else if (f.next !== undefined) want(f.next);
       }
       if (conn.held && !conn.held.released) {
         // A replica still sending toward its close is not a failure, only slower: the hold
@@ -376,7 +391,94 @@ export class ReplicationEngine {
         want(end);
       }
     }
+    if (failed && !this.failureSignaled) {
+      // One signal per original: it is either promoted away now, or left to the operator.
+      this.failureSignaled = true;
+      this.event({
+        type: "original-failure",
+        reason: failed.reason,
+        conn: failed.conn.id,
+        afterMs: failed.afterMs,
+      });
+      this.failuresDetected++;
+      if (this.config.failure.autoFailover) {
+        const best = this.bestReplica();
+        if (best) this.promote(best, now);
+        else this.event({ type: "no-replica-left", reason: failed.reason });
+      }
+    }
     return next;
+  }
+
+  /**
+   * Signals that the original failed, seen on one connection: it closed alone (replicas caught
+   * up to the same offset did not close), or it stopped answering what replicas answered, or it
+   * stopped acknowledging client bytes the replicas acknowledged. Returns when to look again.
+   */
+  private detectFailure(
+    conn: ReplicatedConnection,
+    now: number,
+  ):
+    | { failed: true; reason: string; conn: ReplicatedConnection; afterMs: number }
+    | { failed: false; next: number | undefined } {
+    if (conn.phase !== "open" || conn.spliced) return { failed: false, next: undefined };
+    const f = this.config.failure;
+    const healthy = [...conn.shadows.values()].filter((s) => s.comparing);
+    if (healthy.length === 0) return { failed: false, next: undefined };
+    let next: number | undefined;
+    const check = (since: number | undefined, limit: number, reason: string) => {
+      if (since === undefined) return undefined;
+      if (now - since >= limit) return { failed: true as const, reason, conn, afterMs: now - since };
+      next = next === undefined ? since + limit : Math.min(next, since + limit);
+      return undefined;
+    };
+    const held = conn.held;
+    if (held && !held.released) {
+      const caughtUp = healthy.some((s) =>
+        held.kind === "rst"
+          ? !s.replicaRst
+          : s.replicaFinOffset === undefined && s.compared >= (conn.originalFinOffset ?? Infinity),
+      );
+      const r = caughtUp
+        ? check(
+            held.since,
+            f.closeMismatchMs,
+            `the original ${held.kind === "rst" ? "reset" : "closed"} a connection its replicas keep open`,
+          )
+        : undefined;
+      if (r) return r;
+    }
+    const ahead = healthy.some((s) => s.reply.end > conn.original.end);
+    if (ahead) conn.replyAheadSince ??= now;
+    else conn.replyAheadSince = undefined;
+    const r1 = check(
+      conn.replyAheadSince,
+      f.replyStallMs,
+      "the original stopped answering what the replicas answer",
+    );
+    if (r1) return r1;
+    const behind =
+      conn.client.end > conn.originalAckOffset &&
+      healthy.some((s) => Math.max(0, s.sndUna) > conn.originalAckOffset);
+    if (behind) conn.ackBehindSince ??= now;
+    else conn.ackBehindSince = undefined;
+    const r2 = check(
+      conn.ackBehindSince,
+      f.ackStallMs,
+      "the original stopped acknowledging what the replicas acknowledge",
+    );
+    if (r2) return r2;
+    return { failed: false, next };
+  }
+
+  /** The replica to promote: not promoted already, answering, lowest smoothed RTT. */
+  bestReplica(): string | undefined {
+    let best: ReplicaCounters | undefined;
+    for (const r of this.replicas.values()) {
+      if (r.promoted) continue;
+      if (!best || (r.lastSrttMs ?? Infinity) < (best.lastSrttMs ?? Infinity)) best = r;
+    }
+    return best?.info.id;
   }
 
   stats(): EngineStats {
@@ -431,6 +533,11 @@ export class ReplicationEngine {
       bufferedBytes: this.totalBuffered,
       outOfOrderRefusedBytes: oooRefused,
       captureGaps: k.captureGaps,
+      failures: {
+        detected: this.failuresDetected,
+        promotions: this.promotions,
+        original: formatIPv4(this.original),
+      },
       closeHoldTimeouts: k.closeHoldTimeouts,
       closesReleased: k.closesReleased,
       replicas,
@@ -821,6 +928,9 @@ export class ReplicationEngine {
         this.dirty.add(conn);
       }
     }
+    // Failure-detection markers start when the evidence arrives, not at the next timer tick.
+    if (s.comparing && s.reply.end > conn.original.end) conn.replyAheadSince ??= now;
+    if (s.comparing && Math.max(0, s.sndUna) > conn.originalAckOffset) conn.ackBehindSince ??= now;
     if (conn.spliced === s)
       this.forwardToClient(conn, s, seg.payload.length > 0 ? off : undefined, seg.payload.length);
     this.maybeCloseShadow(conn, s);
@@ -1427,6 +1537,8 @@ export class ReplicationEngine {
       }
     }
     r.promoted = true;
+    this.promotions++;
+    this.failureSignaled = false;
     this.original = r.info.address;
     this.pendingNat.clear();
     this.out.push({ type: "promote", replica: id, original: r.info.address, previous: old });

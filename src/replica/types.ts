@@ -38,6 +38,18 @@ export interface EngineConfig {
   gapConfirmMs: number;
   /** ...or once that channel delivered packets captured this much later than the suspicion. */
   gapSlackMs: number;
+  /** Failure detection of the original (DESIGN-BRIEF section 2, "Failover"). */
+  failure: {
+    /** The original closed (FIN/RST) while replicas caught up to the same offset did not, for this long. */
+    closeMismatchMs: number;
+    /** Replicas answered bytes the original has not answered, for this long. */
+    replyStallMs: number;
+    /** Client bytes a replica acknowledged stay unacknowledged by the original for this long
+     * (above Linux's 40 ms delayed ACK). */
+    ackStallMs: number;
+    /** Promote the best replica as soon as a failure is detected. */
+    autoFailover: boolean;
+  };
   /** Closed connections linger this long to absorb retransmissions, then are freed. */
   lingerMs: number;
   /** Source ports for shadow conversations. */
@@ -66,6 +78,7 @@ export function defaultConfig(
     synTimeoutMs: 10_000,
     gapConfirmMs: 5000,
     gapSlackMs: 200,
+    failure: { closeMismatchMs: 15, replyStallMs: 15, ackStallMs: 60, autoFailover: false },
     lingerMs: 2000,
     portRange: [20000, 60999],
     mtu: 1500,
@@ -89,6 +102,8 @@ export type EngineEvent =
   | { type: "close-released"; conn: string; kind: "fin" | "rst"; heldMs: number; matched: boolean }
   | { type: "capture-gap"; conn: string; direction: "client" | "original"; acked: number; captured: number }
   | { type: "promoted"; replica: string; spliced: number; reset: number; dropped: number }
+  | { type: "original-failure"; reason: string; conn: string; afterMs: number }
+  | { type: "no-replica-left"; reason: string }
   | { type: "replica-added"; replica: string }
   | { type: "replica-removed"; replica: string };
 
@@ -138,6 +153,7 @@ export interface EngineStats {
   bufferedBytes: number;
   outOfOrderRefusedBytes: number;
   captureGaps: number;
+  failures: { detected: number; promotions: number; original: string };
   closeHoldTimeouts: number;
   closesReleased: number;
   replicas: ReplicaStats[];

@@ -667,3 +667,87 @@ t.test("promotion resets connections that cannot continue safely", async (t) => 
   t.ok(challenge[0]!.flags & RST);
   t.equal(challenge[0]!.seq, toSeq(5, sc.originalIsn));
 });
+
+t.test("failure detection: the original closes alone", async (t) => {
+  const cfg = config();
+  cfg.failure.autoFailover = true;
+  const sc = new Scenario(cfg, [R1]);
+  sc.open();
+  sc.replicaSynAck(R1, 1);
+  sc.client("q");
+  sc.original("a");
+  sc.replica(R1, 0, "a", 1);
+  // The original's process dies: its kernel FINs the connection; the replica, caught up, does not.
+  sc.original("", FIN | ACK);
+  t.same(
+    sc.tick(10).filter((s) => s.dst === CLIENT),
+    [],
+    "held, not yet a failure",
+  );
+  const out = sc.tick(6);
+  t.match(
+    sc.events.find((e) => e.type === "original-failure"),
+    { reason: /closed a connection its replicas keep open/ },
+  );
+  t.match(
+    sc.events.find((e) => e.type === "promoted"),
+    { replica: "r1", spliced: 1 },
+  );
+  t.notOk(
+    out.some((s) => s.dst === CLIENT && s.flags & FIN),
+    "the dead original's FIN never reaches the client",
+  );
+  t.equal(sc.engine.stats().failures.promotions, 1);
+  t.equal(sc.engine.stats().failures.original, "10.0.1.11");
+});
+
+t.test("failure detection: the original stops answering what the replica answers", async (t) => {
+  const cfg = config();
+  cfg.failure.autoFailover = true;
+  const sc = new Scenario(cfg, [R1]);
+  sc.open();
+  sc.replicaSynAck(R1, 1);
+  sc.client("INCR k\r\n");
+  sc.replica(R1, 0, ":1\r\n", 8); // the original is frozen: no reply
+  t.same(
+    sc.tick(10).filter((s) => s.dst === CLIENT),
+    [],
+  );
+  const out = sc.tick(6);
+  t.match(
+    sc.events.find((e) => e.type === "original-failure"),
+    { reason: /stopped answering/ },
+  );
+  const toClient = out.filter((s) => s.dst === CLIENT && s.payload.length > 0);
+  t.equal(text(toClient[0]!.payload), ":1\r\n", "the replica's answer reaches the client");
+});
+
+t.test("failure detection: without auto failover, one signal and nothing else", async (t) => {
+  const sc = new Scenario(config(), [R1]);
+  sc.open();
+  sc.replicaSynAck(R1, 1);
+  sc.client("x");
+  sc.replica(R1, 0, "y", 1);
+  sc.tick(20);
+  sc.tick(20);
+  t.equal(sc.events.filter((e) => e.type === "original-failure").length, 1);
+  t.equal(sc.engine.stats().failures.promotions, 0);
+  t.equal(sc.engine.bestReplica(), "r1");
+});
+
+t.test("no failure when the original is merely ahead or the replicas close with it", async (t) => {
+  const cfg = config();
+  cfg.failure.autoFailover = true;
+  const sc = new Scenario(cfg, [R1]);
+  sc.open();
+  sc.replicaSynAck(R1, 1);
+  sc.client("q");
+  sc.original("answer");
+  sc.tick(100); // the replica is slow: no failure (the original is ahead, that is normal)
+  sc.replica(R1, 0, "answer", 1);
+  sc.original("", FIN | ACK);
+  sc.tick(5);
+  sc.replica(R1, 6, "", 1, FIN | ACK);
+  sc.tick(100);
+  t.equal(sc.events.filter((e) => e.type === "original-failure").length, 0);
+});
