@@ -178,6 +178,8 @@ export class ReplicationEngine {
   private totalBuffered = 0;
   private failuresDetected = 0;
   private promotions = 0;
+  /** When the current original last sent anything (engine clock and capture clock). */
+  private lastFromOriginal: { at: number; captureUs: number | undefined } | undefined;
   /** A failure of the current original was signalled already. */
   private failureSignaled = false;
 
@@ -434,41 +436,67 @@ export class ReplicationEngine {
     };
     const held = conn.held;
     if (held && !held.released) {
-      const caughtUp = healthy.some((s) =>
-        held.kind === "rst"
-          ? !s.replicaRst
-          : s.replicaFinOffset === undefined && s.compared >= (conn.originalFinOffset ?? Infinity),
+      // A replica that received everything the original had received (the same client bytes,
+      // FIN included) and answered everything it answered, but did not close: the original's
+      // close was not the service's decision. Counted from when the replica was caught up, so a
+      // replica that is merely late (engine lag) is never mistaken for a survivor.
+      let since: number | undefined;
+      for (const s of healthy) {
+        const caughtUp =
+          held.kind === "rst"
+            ? !s.replicaRst && Math.max(0, s.sndUna) >= conn.originalAckOffset
+            : s.replicaFinOffset === undefined &&
+              s.compared >= (conn.originalFinOffset ?? Infinity) &&
+              Math.max(0, s.sndUna) >= conn.originalAckOffset;
+        if (caughtUp) {
+          const t = Math.max(held.since, s.caughtUpAt);
+          since = since === undefined ? t : Math.min(since, t);
+        }
+      }
+      const r = check(
+        since,
+        f.closeMismatchMs,
+        `the original ${held.kind === "rst" ? "reset" : "closed"} a connection its replicas keep open`,
       );
-      const r = caughtUp
-        ? check(
-            held.since,
-            f.closeMismatchMs,
-            `the original ${held.kind === "rst" ? "reset" : "closed"} a connection its replicas keep open`,
-          )
-        : undefined;
       if (r) return r;
     }
+    // Stalls only count while the original sends nothing at all, on any connection: a busy or
+    // slow original keeps sending elsewhere; a frozen, unplugged or vanished one does not.
+    const silentMs = this.originalSilentMs(now);
     const ahead = healthy.some((s) => s.reply.end > conn.original.end);
     if (ahead) conn.replyAheadSince ??= now;
     else conn.replyAheadSince = undefined;
-    const r1 = check(
-      conn.replyAheadSince,
-      f.replyStallMs,
-      "the original stopped answering what the replicas answer",
-    );
-    if (r1) return r1;
     const behind =
       conn.client.end > conn.originalAckOffset &&
       healthy.some((s) => Math.max(0, s.sndUna) > conn.originalAckOffset);
     if (behind) conn.ackBehindSince ??= now;
     else conn.ackBehindSince = undefined;
-    const r2 = check(
-      conn.ackBehindSince,
-      f.ackStallMs,
-      "the original stopped acknowledging what the replicas acknowledge",
-    );
-    if (r2) return r2;
+    const stalls: Array<[number | undefined, number, string]> = [
+      [conn.replyAheadSince, f.replyStallMs, "the original stopped answering what the replicas answer"],
+      [conn.ackBehindSince, f.ackStallMs, "the original stopped acknowledging what the replicas acknowledge"],
+    ];
+    for (const [since, limit, reason] of stalls) {
+      if (since === undefined) continue;
+      if (now - since >= limit && silentMs >= limit)
+        return { failed: true, reason, conn, afterMs: now - since };
+      const at = since + limit + Math.max(0, limit - silentMs);
+      next = next === undefined ? at : Math.min(next, at);
+    }
     return { failed: false, next };
+  }
+
+  /**
+   * How long the original has sent nothing. With capture times: measured on the capture clock of
+   * the channel that carries the original (other packets captured later prove the silence even
+   * when the engine itself lags); without: on the engine's clock.
+   */
+  private originalSilentMs(now: number): number {
+    const last = this.lastFromOriginal;
+    if (!last) return Infinity;
+    const channel = this.channelOf.original;
+    const wm = channel === undefined ? undefined : this.watermarkUs.get(channel);
+    if (last.captureUs !== undefined && wm !== undefined) return (wm - last.captureUs) / 1000;
+    return now - last.at;
   }
 
   /** The replica to promote: not promoted already, answering, lowest smoothed RTT. */
@@ -730,6 +758,7 @@ export class ReplicationEngine {
       this.holdUnbound(seg, now);
       return;
     }
+    this.lastFromOriginal = { at: now, captureUs: this.captureUs };
     const ots = findOption(seg.options, "timestamp");
     if (ots) conn.lastOriginalTsval = ots.tsval;
     if (seg.flags & SYN) {
@@ -984,6 +1013,7 @@ export class ReplicationEngine {
       const acked = Math.min(ackOff, conn.clientFinOffset ?? Infinity) - Math.max(0, s.sndUna);
       r.bytesAcked += Math.max(0, acked);
       s.sndUna = ackOff;
+      s.caughtUpAt = now;
       if (s.finSent && conn.clientFinOffset !== undefined && ackOff === conn.clientFinOffset + 1)
         s.finAcked = true;
       if (s.rttProbe && ackOff >= s.rttProbe.end) {
@@ -1539,6 +1569,7 @@ export class ReplicationEngine {
     r.promoted = true;
     this.promotions++;
     this.failureSignaled = false;
+    this.lastFromOriginal = undefined;
     this.original = r.info.address;
     this.pendingNat.clear();
     this.out.push({ type: "promote", replica: id, original: r.info.address, previous: old });

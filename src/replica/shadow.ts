@@ -54,6 +54,8 @@ export class ShadowConversation {
   tsRecent: number | undefined;
   /** Reply offset acknowledged to the replica (data bytes, +1 once its FIN is acknowledged). */
   rcvAcked = 0;
+  /** When the replica last acknowledged more of the client's bytes. */
+  caughtUpAt = 0;
   /** When the replica's reply stream last advanced (a held close waits while it does). */
   lastProgressAt = 0;
   /** Reply bytes compared with the original's so far. */

@@ -123,7 +123,7 @@ class Scenario {
         srcPort: PORT,
         dstPort: CPORT,
         seq: this.originalIsn,
-        ack: this.clientIsn + 1,
+        ack: (this.clientIsn + 1) >>> 0,
         flags: SYN | ACK,
       }),
     );
@@ -177,7 +177,7 @@ class Scenario {
         srcPort: PORT,
         dstPort: this.shadowPort,
         seq: isn,
-        ack: this.clientIsn + 1,
+        ack: (this.clientIsn + 1) >>> 0,
         flags: SYN | ACK,
         window,
         options,
