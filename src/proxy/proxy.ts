@@ -1,7 +1,9 @@
 // The appliance's data plane at run time: installs the kernel path and the replication rules,
 // captures, feeds the engine, injects what it produces, and runs its timers. Started and stopped
 // as a unit; stop() (also on SIGINT/SIGTERM) removes everything it added to the system.
-import { createServer, type Server } from "node:net";
+import { connect, createServer, type Server } from "node:net";
+
+const PROBE_TIMEOUT_MS = 100;
 import { rm } from "node:fs/promises";
 import { setPriority } from "node:os";
 import type { Logger } from "pino";
@@ -63,7 +65,7 @@ export class Proxy {
       ...base,
       limits: config.limits,
       finHoldMs: config.finHoldMs,
-      failure: { ...base.failure, autoFailover: config.autoFailover },
+      failure: { ...base.failure, autoFailover: config.autoFailover, probeOnClose: true },
     });
     for (const r of config.replicas) this.engine.addReplica({ id: r.id, address: parseIPv4(r.address) });
     this.engine.drain();
@@ -145,6 +147,8 @@ export class Proxy {
     for (const o of this.engine.drain()) {
       if (o.type === "send") {
         this.injector?.send(o.segment);
+      } else if (o.type === "probe") {
+        this.probeOriginal();
       } else if (o.type === "promote") {
         this.retarget(formatIPv4(o.original), formatIPv4(o.previous));
       } else if (
@@ -161,6 +165,25 @@ export class Proxy {
         this.log.debug(o.event, o.event.type);
       }
     }
+  }
+
+  /** Can the original's service port still be connected to? (100 ms: it is on the LAN.) */
+  private probeOriginal(): void {
+    const target = this.currentOriginal;
+    const sock = connect({ host: target, port: this.config.port, timeout: PROBE_TIMEOUT_MS });
+    let done = false;
+    const answer = (alive: boolean, why: string) => {
+      if (done) return;
+      done = true;
+      sock.destroy();
+      this.log.info({ original: target, alive, why }, "probe of the original");
+      if (this.currentOriginal !== target) return;
+      this.engine.probeResult(alive, performance.now());
+      this.flush();
+    };
+    sock.once("connect", () => answer(true, "connected"));
+    sock.once("timeout", () => answer(false, "timeout"));
+    sock.once("error", (e: NodeJS.ErrnoException) => answer(false, e.code ?? e.message));
   }
 
   /** New connections go to the new original; the old one is fenced (nothing to it or from it). */

@@ -26,6 +26,7 @@ import type {
 } from "./types.js";
 
 const TWO32 = 4294967296;
+const CLOSE_ALONE = "the original closed a connection its replicas keep open";
 
 /** Stream offset of `seq` for a stream whose first data byte is isn+1, nearest to `ref`. */
 export function toOffset(seq: number, isn: number, ref: number): number {
@@ -84,6 +85,8 @@ export class ReplicatedConnection {
   spliceFinSent = false;
   /** Client-space ACK (offset) last sent to the client on the replica's behalf. */
   ackToClient = -1;
+  /** A probe found the original alive while this connection's close was held: a normal close. */
+  closeProbedAlive = false;
   /** Since when a replica has answered bytes the original has not (failure detection). */
   replyAheadSince: number | undefined;
   /** Since when client bytes a replica acknowledged await the original's acknowledgement. */
@@ -180,6 +183,8 @@ export class ReplicationEngine {
   private promotions = 0;
   /** When the current original last sent anything (engine clock and capture clock). */
   private lastFromOriginal: { at: number; captureUs: number | undefined } | undefined;
+  /** A probe of the original asked for and not answered yet, with the connections it concerns. */
+  private probe: { since: number; conns: ReplicatedConnection[] } | undefined;
   /** A failure of the current original was signalled already. */
   private failureSignaled = false;
 
@@ -393,6 +398,23 @@ export class ReplicationEngine {
         want(end);
       }
     }
+    if (
+      failed &&
+      !this.failureSignaled &&
+      failed.reason.startsWith(CLOSE_ALONE) &&
+      this.config.failure.probeOnClose
+    ) {
+      // A replica may just be slow to close (busy, many closes at once). The original's death is
+      // confirmed by a probe of its service port (the I/O edge does it and calls probeResult).
+      if (!this.probe) {
+        this.probe = {
+          since: now,
+          conns: [...this.conns.values()].filter((c) => c.held && !c.held.released),
+        };
+        this.out.push({ type: "probe", reason: failed.reason });
+      }
+      return next;
+    }
     if (failed && !this.failureSignaled) {
       // One signal per original: it is either promoted away now, or left to the operator.
       this.failureSignaled = true;
@@ -435,7 +457,7 @@ export class ReplicationEngine {
       return undefined;
     };
     const held = conn.held;
-    if (held && !held.released) {
+    if (held && !held.released && !conn.closeProbedAlive) {
       // A replica that received everything the original had received (the same client bytes,
       // FIN included) and answered everything it answered, but did not close: the original's
       // close was not the service's decision. Counted from when the replica was caught up, so a
@@ -456,7 +478,7 @@ export class ReplicationEngine {
       const r = check(
         since,
         f.closeMismatchMs,
-        `the original ${held.kind === "rst" ? "reset" : "closed"} a connection its replicas keep open`,
+        `${CLOSE_ALONE} (${held.kind === "rst" ? "reset" : "closed"})`,
       );
       if (r) return r;
     }
@@ -497,6 +519,35 @@ export class ReplicationEngine {
     const wm = channel === undefined ? undefined : this.watermarkUs.get(channel);
     if (last.captureUs !== undefined && wm !== undefined) return (wm - last.captureUs) / 1000;
     return now - last.at;
+  }
+
+  /**
+   * The answer to a "probe" output: is the original's service port still accepting connections?
+   * Dead: the held closes were its death, fail over. Alive: they were normal closes by the service
+   * (replicas are only slower), so those connections no longer count as evidence.
+   */
+  probeResult(alive: boolean, now: number): void {
+    const p = this.probe;
+    if (!p) return;
+    this.probe = undefined;
+    if (alive) {
+      for (const c of p.conns) c.closeProbedAlive = true;
+      return;
+    }
+    if (this.failureSignaled) return;
+    this.failureSignaled = true;
+    this.failuresDetected++;
+    this.event({
+      type: "original-failure",
+      reason: `${CLOSE_ALONE}; its service port is closed`,
+      conn: p.conns[0]?.id ?? "",
+      afterMs: now - p.since,
+    });
+    if (this.config.failure.autoFailover) {
+      const best = this.bestReplica();
+      if (best) this.promote(best, now);
+      else this.event({ type: "no-replica-left", reason: CLOSE_ALONE });
+    }
   }
 
   /** The replica to promote: not promoted already, answering, lowest smoothed RTT. */
@@ -1569,6 +1620,7 @@ export class ReplicationEngine {
     r.promoted = true;
     this.promotions++;
     this.failureSignaled = false;
+    this.probe = undefined;
     this.lastFromOriginal = undefined;
     this.original = r.info.address;
     this.pendingNat.clear();

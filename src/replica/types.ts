@@ -49,6 +49,8 @@ export interface EngineConfig {
     ackStallMs: number;
     /** Promote the best replica as soon as a failure is detected. */
     autoFailover: boolean;
+    /** Confirm "closed alone" with a probe of the original's port before failing over. */
+    probeOnClose: boolean;
   };
   /** Closed connections linger this long to absorb retransmissions, then are freed. */
   lingerMs: number;
@@ -78,7 +80,13 @@ export function defaultConfig(
     synTimeoutMs: 10_000,
     gapConfirmMs: 5000,
     gapSlackMs: 200,
-    failure: { closeMismatchMs: 15, replyStallMs: 15, ackStallMs: 60, autoFailover: false },
+    failure: {
+      closeMismatchMs: 15,
+      replyStallMs: 15,
+      ackStallMs: 60,
+      autoFailover: false,
+      probeOnClose: false,
+    },
     lingerMs: 2000,
     portRange: [20000, 60999],
     mtu: 1500,
@@ -112,7 +120,9 @@ export type EngineOutput =
   | { type: "send"; segment: TcpSegment; to: "replica" | "client" }
   | { type: "event"; event: EngineEvent }
   /** The kernel must now fence `previous` and send new connections to `original`. */
-  | { type: "promote"; replica: string; original: number; previous: number };
+  | { type: "promote"; replica: string; original: number; previous: number }
+  /** Check whether the original's service port still accepts connections; answer probeResult(). */
+  | { type: "probe"; reason: string };
 
 export interface ReplicaStats {
   id: string;

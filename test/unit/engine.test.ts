@@ -63,6 +63,7 @@ class Scenario {
   originalSent = 0;
   events: EngineEvent[] = [];
   promotions: Array<{ replica: string; original: number; previous: number }> = [];
+  probes: string[] = [];
 
   constructor(cfg: EngineConfig = config(), replicas = [R1], isns = { client: 1000, original: 5000 }) {
     this.engine = new ReplicationEngine(cfg);
@@ -91,7 +92,8 @@ class Scenario {
     for (const o of this.engine.drain()) {
       if (o.type === "send") out.push(o.segment);
       else if (o.type === "event") this.events.push(o.event);
-      else this.promotions.push(o);
+      else if (o.type === "promote") this.promotions.push(o);
+      else this.probes.push(o.reason);
     }
     return out;
   }
@@ -750,4 +752,35 @@ t.test("no failure when the original is merely ahead or the replicas close with 
   sc.replica(R1, 6, "", 1, FIN | ACK);
   sc.tick(100);
   t.equal(sc.events.filter((e) => e.type === "original-failure").length, 0);
+});
+
+t.test("closing alone is confirmed by a probe of the original's port", async (t) => {
+  const setup = () => {
+    const cfg = config();
+    cfg.failure.autoFailover = true;
+    cfg.failure.probeOnClose = true;
+    const sc = new Scenario(cfg, [R1]);
+    sc.open();
+    sc.replicaSynAck(R1, 1);
+    sc.client("q");
+    sc.original("a");
+    sc.replica(R1, 0, "a", 1);
+    sc.original("", FIN | ACK);
+    sc.tick(16);
+    return sc;
+  };
+  const alive = setup();
+  t.equal(alive.probes.length, 1, "a probe is asked for");
+  alive.engine.probeResult(true, alive.now);
+  alive.tick(50);
+  t.equal(alive.engine.stats().failures.promotions, 0, "alive: a normal close, only the replica is slow");
+  t.equal(alive.probes.length, 1, "and the same connection is not probed again");
+  const dead = setup();
+  dead.engine.probeResult(false, dead.now);
+  dead.drain();
+  t.equal(dead.engine.stats().failures.promotions, 1, "refused: the original is dead, fail over");
+  t.match(
+    dead.events.find((e) => e.type === "original-failure"),
+    { reason: /service port is closed/ },
+  );
 });
