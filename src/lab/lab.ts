@@ -437,7 +437,12 @@ export interface FaultReport {
   target: string;
   mode: FaultMode;
   pids: number[];
+  /** When the failure took effect (ms since the epoch, sub-ms precision): signals sent, or the
+   * link command finished. Benchmarks measure the failover stall from here. */
+  injectedAt: number;
 }
+
+const preciseNow = () => performance.timeOrigin + performance.now();
 
 /** Injects a failure into the original or a replica. */
 export async function labKill(nameArg: string, target: string, modeArg: string): Promise<FaultReport> {
@@ -446,11 +451,13 @@ export async function labKill(nameArg: string, target: string, modeArg: string):
   const backend = backendForTarget(state.topology, target);
   const service = state.services[backend.role];
   let pids: number[] = [];
+  let injectedAt = 0;
   switch (mode) {
     case "process":
     case "freeze": {
       pids = service ? processTree(service.pid) : [];
       if (pids.length === 0) throw new Error(`the service on ${target} is not running`);
+      injectedAt = preciseNow();
       if (mode === "process") {
         signalAll(pids, "SIGKILL");
         if (!(await waitUntilDead(pids, 5000))) throw new Error(`service on ${target} survived SIGKILL`);
@@ -465,9 +472,11 @@ export async function labKill(nameArg: string, target: string, modeArg: string):
     }
     case "link":
       await run(["ip", "-n", backend.namespace, "link", "set", backend.iface, "down"]);
+      injectedAt = preciseNow();
       break;
     case "host": {
       pids = pidsInNamespace(backend.namespace);
+      injectedAt = preciseNow();
       signalAll(pids, "SIGKILL");
       await waitUntilDead(pids, 5000);
       // Deleting our end of the veth deletes the LAN end too: the host is gone from the network.
@@ -477,5 +486,5 @@ export async function labKill(nameArg: string, target: string, modeArg: string):
   }
   state.faults.push({ target, mode, at: new Date().toISOString() });
   await saveState(state);
-  return { target, mode, pids };
+  return { target, mode, pids, injectedAt };
 }
