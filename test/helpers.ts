@@ -17,7 +17,7 @@ let counter = 0;
 /** A lab name no other test process uses: the pid in base 36 plus a per-process counter. */
 export function uniqueLabName(tag: string): string {
   counter++;
-  return `t${process.pid.toString(36)}${counter}-${tag}`.slice(0, 31);
+  return `t-${process.pid.toString(36)}-${counter}-${tag}`.slice(0, 31);
 }
 
 export async function withLab(

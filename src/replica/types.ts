@@ -82,8 +82,8 @@ export function defaultConfig(
     gapSlackMs: 200,
     failure: {
       closeMismatchMs: 15,
-      replyStallMs: 15,
-      ackStallMs: 60,
+      replyStallMs: 60,
+      ackStallMs: 100,
       autoFailover: false,
       probeOnClose: false,
     },
