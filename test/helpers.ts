@@ -20,17 +20,23 @@ export function uniqueLabName(tag: string): string {
   return `t-${process.pid.toString(36)}-${counter}-${tag}`.slice(0, 31);
 }
 
+/**
+ * A lab taken down whatever happens. Replication tests run it with automatic failover off so a
+ * spurious failure signal cannot change what they measure (the signal is still counted in the
+ * proxy's statistics); failover tests turn it on.
+ */
 export async function withLab(
   t: Test,
   tag: string,
   replicas: number,
   service: ServiceKind,
+  autoFailover = false,
 ): Promise<LabState> {
   const name = uniqueLabName(tag);
   t.teardown(async () => {
     await labDown(name);
   });
-  return labUp({ name, replicas, service });
+  return labUp({ name, replicas, service, autoFailover });
 }
 
 export interface CliResult {

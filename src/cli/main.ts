@@ -23,7 +23,7 @@ import { queryStats, request } from "../proxy/stats-client.js";
 export class UsageError extends Error {}
 
 const USAGE = `usage:
-  tcp-replicator lab up [--name NAME] [--replicas N] [--service echo|redis|http]
+  tcp-replicator lab up [--name NAME] [--replicas N] [--service echo|redis|http] [--manual-failover]
   tcp-replicator lab down --name NAME
   tcp-replicator lab exec --name NAME ROLE -- CMD [ARG...]
   tcp-replicator lab kill --name NAME TARGET --mode process|freeze|link|host
@@ -74,13 +74,14 @@ async function labCommand(sub: string | undefined, rest: string[]): Promise<numb
         name: { type: "string", default: "lab" },
         replicas: { type: "string", default: "2" },
         service: { type: "string", default: "echo" },
+        "manual-failover": { type: "boolean", default: false },
       });
       // Validate everything before touching the system.
       const name = validateLabName(values.name);
       const replicas = validateReplicaCount(values.replicas);
       const service = validateService(values.service);
       requireRoot();
-      const state = await labUp({ name, replicas, service });
+      const state = await labUp({ name, replicas, service, autoFailover: !values["manual-failover"] });
       print(labSummary(state.topology));
       return 0;
     }

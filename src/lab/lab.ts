@@ -270,7 +270,7 @@ async function waitNetworkReady(t: LabTopology): Promise<void> {
 }
 
 /** Starts the appliance's proxy (kernel path + replication engine) in the appliance namespace. */
-async function startProxy(t: LabTopology): Promise<NonNullable<LabState["proxy"]>> {
+async function startProxy(t: LabTopology, autoFailover: boolean): Promise<NonNullable<LabState["proxy"]>> {
   const dir = labDir(t.name);
   const config = join(dir, "proxy.json");
   const statsSocket = join(dir, "proxy.sock");
@@ -287,6 +287,7 @@ async function startProxy(t: LabTopology): Promise<NonNullable<LabState["proxy"]
         replicas: t.replicas.map((r) => ({ id: r.role, address: r.address })),
         statsSocket,
         logLevel: "info",
+        autoFailover,
         // The lab's largest file is 64 MiB: hold enough to verify every byte of it even when the
         // kernel path serves the client far faster than the replicas answer the engine.
         limits: { perConnectionBytes: 128 * 2 ** 20, perReplicaBytes: 2 ** 30, globalBytes: 2 * 2 ** 30 },
@@ -320,6 +321,8 @@ export interface LabUpOptions {
   name: string;
   replicas: number | string;
   service: string;
+  /** The appliance promotes a replica by itself when the original fails (default true). */
+  autoFailover?: boolean;
 }
 
 export async function labUp(opts: LabUpOptions): Promise<LabState> {
@@ -377,7 +380,7 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
         snatAddress: topology.appliance.backendAddress,
       });
     } else {
-      state.proxy = await startProxy(topology);
+      state.proxy = await startProxy(topology, opts.autoFailover ?? true);
       await saveState(state);
     }
     return state;

@@ -3,7 +3,7 @@
 // as a unit; stop() (also on SIGINT/SIGTERM) removes everything it added to the system.
 import { connect, createServer, type Server } from "node:net";
 
-const PROBE_TIMEOUT_MS = 100;
+const PROBE_TIMEOUT_MS = 300;
 import { rm } from "node:fs/promises";
 import { setPriority } from "node:os";
 import type { Logger } from "pino";
@@ -167,7 +167,8 @@ export class Proxy {
     }
   }
 
-  /** Can the original's service port still be connected to? (100 ms: it is on the LAN.) */
+  /** Can the original's service port still be connected to? (300 ms: it is on the LAN, but a
+   * SYN flood or a busy host may delay its answer; a wrong "dead" would fail over for nothing.) */
   private probeOriginal(): void {
     const target = this.currentOriginal;
     const sock = connect({ host: target, port: this.config.port, timeout: PROBE_TIMEOUT_MS });

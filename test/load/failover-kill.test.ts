@@ -11,7 +11,7 @@ const INCR = fileURLToPath(new URL("../fixtures/incr-loop.js", import.meta.url))
 
 for (const mode of ["process", "freeze", "link", "host"] as const) {
   t.test(`original fails (${mode}) under 20 INCR loops`, async (t) => {
-    const state = await withLab(t, `fk${mode.slice(0, 3)}`, 2, "redis");
+    const state = await withLab(t, `fk${mode.slice(0, 3)}`, 2, "redis", true);
     const topo = state.topology;
     const loops = inNs(
       topo.client.namespace,
