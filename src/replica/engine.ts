@@ -169,6 +169,8 @@ export class ReplicationEngine {
   private readonly replicas = new Map<string, ReplicaCounters>();
   /** Capture time of the segment being handled (undefined: one ordered stream). */
   private captureUs: number | undefined;
+  /** Engine time of the last packet handled per capture channel. */
+  private readonly channelSeenAt = new Map<string, number>();
   /** Latest capture time seen per capture channel. */
   private readonly watermarkUs = new Map<string, number>();
   /** Which channel carries the client's and the original's segments. */
@@ -320,6 +322,7 @@ export class ReplicationEngine {
     if (capture) {
       const wm = this.watermarkUs.get(capture.channel);
       if (wm === undefined || capture.timeUs > wm) this.watermarkUs.set(capture.channel, capture.timeUs);
+      this.channelSeenAt.set(capture.channel, now);
     }
     if (seg.dst === c.vip && seg.dstPort === c.port) {
       this.counters.client++;
@@ -501,7 +504,7 @@ export class ReplicationEngine {
       if (since === undefined) continue;
       if (now - since >= limit && silentMs >= limit)
         return { failed: true, reason, conn, afterMs: now - since };
-      const at = since + limit + Math.max(0, limit - silentMs);
+      const at = Math.max(since + limit, now + Math.max(0, limit - silentMs));
       next = next === undefined ? at : Math.min(next, at);
     }
     return { failed: false, next };
@@ -517,7 +520,12 @@ export class ReplicationEngine {
     if (!last) return Infinity;
     const channel = this.channelOf.original;
     const wm = channel === undefined ? undefined : this.watermarkUs.get(channel);
-    if (last.captureUs !== undefined && wm !== undefined) return (wm - last.captureUs) / 1000;
+    if (last.captureUs !== undefined && wm !== undefined) {
+      // The capture clock proves silence while packets keep coming; when the channel itself goes
+      // quiet (nothing left to process), real time passing is silence too.
+      const idle = now - (this.channelSeenAt.get(channel!) ?? now);
+      return (wm - last.captureUs) / 1000 + idle;
+    }
     return now - last.at;
   }
 
