@@ -4,10 +4,8 @@
 //
 //   node dist/bench/failover.js [--trials 30] [--modes process,freeze,link,host] [--replicas 1,2,3]
 import { parseArgs } from "node:util";
-import { mkdir, writeFile } from "node:fs/promises";
-import { cpus, release, totalmem } from "node:os";
-import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { machine, machineLine, writeResults } from "./report.js";
 import { labDown, labKill, labUp, type FaultMode } from "../src/lab/lab.js";
 import { runStatus } from "../src/sys/command.js";
 import { summarize, type Summary } from "../src/sys/stats.js";
@@ -103,19 +101,13 @@ async function main(): Promise<void> {
       });
     }
   }
-  const machine = {
-    cpus: cpus().length,
-    model: cpus()[0]?.model ?? "unknown",
-    memoryGiB: Math.round(totalmem() / 2 ** 30),
-    kernel: release(),
-    node: process.version,
-  };
+  const m = machine();
   const command = `node dist/bench/failover.js --trials ${trials} --modes ${modes.join(",")} --replicas ${counts.join(",")}`;
   const date = new Date().toISOString();
   const md = [
     `# Failover stall (${date})`,
     "",
-    `Machine: ${machine.cpus} × ${machine.model}, ${machine.memoryGiB} GiB, Linux ${machine.kernel}, Node ${machine.node}.`,
+    machineLine(m),
     `Command: \`${command}\`. Stall = failure injection (\`lab kill original --mode M\`) → end of the widest`,
     "gap between echoes after it, i.e. the first byte from the new original (64 B ping-pong through the VIP,",
     "one message in flight). Detection included.",
@@ -128,27 +120,18 @@ async function main(): Promise<void> {
         `| ${r.mode} | ${r.replicas} | ${r.stallMs.count}/${r.stallMs.count + r.failedTrials} | ${r.stallMs.p50.toFixed(2)} | ${r.stallMs.p99.toFixed(2)} | ${r.stallMs.min.toFixed(2)}–${r.stallMs.max.toFixed(2)} | ${r.thesisMs} |`,
     ),
     "",
-    ...[...failures].flatMap(([k, v]) => v.map((m) => `- failed trial ${k}: ${m}`)),
+    ...[...failures].flatMap(([k, v]) => v.map((msg) => `- failed trial ${k}: ${msg}`)),
     "",
   ].join("\n");
-  await mkdir(values.out, { recursive: true });
-  const stamp = date.replace(/[:.]/g, "-");
-  await writeFile(
-    join(values.out, `failover-${stamp}.json`),
-    JSON.stringify(
-      {
-        date,
-        command,
-        machine,
-        rows,
-        samples: Object.fromEntries(samples),
-        failures: Object.fromEntries(failures),
-      },
-      null,
-      2,
-    ) + "\n",
-  );
-  await writeFile(join(values.out, `failover-${stamp}.md`), md);
+  const json = {
+    date,
+    command,
+    machine: m,
+    rows,
+    samples: Object.fromEntries(samples),
+    failures: Object.fromEntries(failures),
+  };
+  await writeResults(values.out, "failover", date, json, md);
   process.stdout.write(md);
 }
 

@@ -6,10 +6,8 @@
 //
 //   node dist/bench/rtt.js [--rounds 10] [--count 500] [--size 64] [--out bench/results]
 import { parseArgs } from "node:util";
-import { mkdir, writeFile } from "node:fs/promises";
-import { cpus, release, totalmem } from "node:os";
-import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { machine, machineLine, writeResults } from "./report.js";
 import { labDown, labUp, type LabState } from "../src/lab/lab.js";
 import { runStatus } from "../src/sys/command.js";
 import { summarize } from "../src/sys/stats.js";
@@ -101,19 +99,13 @@ async function main(): Promise<void> {
         roundsP50Us: p50s.get(p.name)!,
       };
     });
-    const machine = {
-      cpus: cpus().length,
-      model: cpus()[0]?.model ?? "unknown",
-      memoryGiB: Math.round(totalmem() / 2 ** 30),
-      kernel: release(),
-      node: process.version,
-    };
+    const m = machine();
     const command = `node dist/bench/rtt.js --rounds ${rounds} --count ${count} --size ${size}`;
-    const result = { date: new Date().toISOString(), command, machine, rounds, count, size, rows };
+    const result = { date: new Date().toISOString(), command, machine: m, rounds, count, size, rows };
     const md = [
       `# Client RTT through the appliance (${result.date})`,
       "",
-      `Machine: ${machine.cpus} × ${machine.model}, ${machine.memoryGiB} GiB, Linux ${machine.kernel}, Node ${machine.node}.`,
+      machineLine(m),
       `Command: \`${command}\`. TCP ping-pong of ${size} B messages, ${count} per round, ${rounds} interleaved rounds;`,
       "figure = median over rounds of each round's p50.",
       "",
@@ -125,10 +117,7 @@ async function main(): Promise<void> {
       ),
       "",
     ].join("\n");
-    await mkdir(values.out, { recursive: true });
-    const stamp = result.date.replace(/[:.]/g, "-");
-    await writeFile(join(values.out, `rtt-${stamp}.json`), JSON.stringify(result, null, 2) + "\n");
-    await writeFile(join(values.out, `rtt-${stamp}.md`), md);
+    await writeResults(values.out, "rtt", result.date, result, md);
     process.stdout.write(md);
   } finally {
     for (const l of labs) await labDown(l.topology.name);

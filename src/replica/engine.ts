@@ -675,14 +675,7 @@ export class ReplicationEngine {
 
     if (seg.flags & RST) {
       conn.clientRst = true;
-      for (const s of conn.shadows.values()) {
-        if (s.live) {
-          this.sendRst(conn, s);
-          this.closeShadow(conn, s);
-        }
-      }
-      this.markClosed(conn, now);
-      this.account(conn);
+      this.resetShadows(conn, now);
       return;
     }
 
@@ -1614,14 +1607,7 @@ export class ReplicationEngine {
         report.spliced++;
       } else {
         this.resetClient(conn);
-        for (const x of conn.shadows.values()) {
-          if (x.live) {
-            this.sendRst(conn, x);
-            this.closeShadow(conn, x);
-          }
-        }
-        this.markClosed(conn, now);
-        this.account(conn);
+        this.resetShadows(conn, now);
         report.reset++;
       }
     }
@@ -1787,6 +1773,18 @@ export class ReplicationEngine {
       this.closeShadow(conn, s);
       this.account(conn);
     }
+  }
+
+  /** Resets every shadow still talking to its replica and closes the connection. */
+  private resetShadows(conn: ReplicatedConnection, now: number): void {
+    for (const s of conn.shadows.values()) {
+      if (s.live) {
+        this.sendRst(conn, s);
+        this.closeShadow(conn, s);
+      }
+    }
+    this.markClosed(conn, now);
+    this.account(conn);
   }
 
   private markClosed(conn: ReplicatedConnection, now: number): void {
