@@ -1,8 +1,11 @@
 // Failover stall: from the failure injection to the next byte the client receives, with the
 // client in a ping-pong conversation through the VIP the whole time. Each trial is a fresh lab
-// (echo service) so trials are independent; modes and replica counts are interleaved.
+// (redis by default, or our echo server) so trials are independent; modes and replica counts are
+// interleaved.
 //
 //   node dist/bench/failover.js [--trials 30] [--modes process,freeze,link,host] [--replicas 1,2,3]
+//                               [--service redis|echo]
+import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { machine, machineLine, writeResults } from "./report.js";
@@ -15,13 +18,48 @@ const CLIENT = fileURLToPath(new URL("./stall-client.js", import.meta.url));
 /** Thesis Table 5.6: redirect to the new original after detection, ms, by replica count. */
 const THESIS: Record<number, number> = { 1: 5.05, 2: 5.07, 3: 5.64 };
 
-async function trial(mode: FaultMode, replicas: number, index: number): Promise<number> {
+interface Trial {
+  /** Failure injection → first byte the client received after the promotion. */
+  stallMs: number;
+  /** The interruption the client saw: that byte minus the previous one (or the injection). */
+  gapMs: number;
+  /** What the proxy logged: why it failed over and when (ms after the injection). */
+  reason: string;
+  detectedMs: number;
+  promotedMs: number;
+}
+
+/** The proxy's own account of the failover, from its log (pino: one JSON object per line). */
+async function proxyAccount(log: string) {
+  const lines = (await readFile(log, "utf8")).split("\n").filter((l) => l.startsWith("{"));
+  const events = lines.map(
+    (l) => JSON.parse(l) as { time: number; msg: string; reason?: string; at?: number },
+  );
+  const failure = events.find((e) => e.msg === "original-failure");
+  const promoted = events.find((e) => e.msg === "promoted");
+  return { reason: failure?.reason ?? "(none logged)", detectedAt: failure?.time, promotedAt: promoted?.at };
+}
+
+type Service = "redis" | "echo";
+
+async function trial(mode: FaultMode, replicas: number, index: number, service: Service): Promise<Trial> {
   const name = `fo${process.pid.toString(36)}${index}`;
   try {
-    const lab = await labUp({ name, replicas, service: "echo" });
+    const lab = await labUp({ name, replicas, service });
     const t = lab.topology;
     const client = runStatus(
-      ["ip", "netns", "exec", t.client.namespace, process.execPath, CLIENT, t.appliance.vip, "7000", "2500"],
+      [
+        "ip",
+        "netns",
+        "exec",
+        t.client.namespace,
+        process.execPath,
+        CLIENT,
+        t.appliance.vip,
+        String(t.port),
+        "2500",
+        service,
+      ],
       { timeoutMs: 30_000 },
     );
     await new Promise((r) => setTimeout(r, 1000));
@@ -29,25 +67,23 @@ async function trial(mode: FaultMode, replicas: number, index: number): Promise<
     const r = await client;
     const out = JSON.parse(r.stdout) as { replies: number[]; error?: string };
     if (out.error) throw new Error(`${mode}/${replicas}: client saw ${out.error}`);
-    // The interruption the client sees: the largest gap between consecutive echoes that ends
-    // after the injection (a reply already on its way from the dying original may still land
-    // right after it). Its end is the first byte from the new original.
-    const rs = out.replies;
-    let next: number | undefined;
-    let widest = -1;
-    for (let k = 1; k < rs.length; k++) {
-      if (rs[k]! <= fault.injectedAt || rs[k]! > fault.injectedAt + 1500) continue;
-      const gap = rs[k]! - Math.max(rs[k - 1]!, fault.injectedAt);
-      if (gap > widest) {
-        widest = gap;
-        next = rs[k];
-      }
-    }
-    if (next === undefined) throw new Error(`${mode}/${replicas}: no byte after the failure`);
     const stats = await queryStats(lab.proxy!.statsSocket);
     if (stats.engine.failures.promotions !== 1)
       throw new Error(`${mode}/${replicas}: ${stats.engine.failures.promotions} promotions`);
-    return next - fault.injectedAt;
+    const account = await proxyAccount(lab.proxy!.log);
+    if (account.promotedAt === undefined) throw new Error(`${mode}/${replicas}: no promotion logged`);
+    // The first echo after the promotion is the first byte from the new original (the dying
+    // original may still answer for a while after the injection: that is no interruption).
+    const rs = out.replies;
+    const k = rs.findIndex((x) => x > account.promotedAt!);
+    if (k < 1) throw new Error(`${mode}/${replicas}: no byte after the promotion`);
+    return {
+      stallMs: rs[k]! - fault.injectedAt,
+      gapMs: rs[k]! - Math.max(rs[k - 1]!, fault.injectedAt),
+      reason: account.reason,
+      detectedMs: (account.detectedAt ?? NaN) - fault.injectedAt,
+      promotedMs: account.promotedAt - fault.injectedAt,
+    };
   } finally {
     await labDown(name);
   }
@@ -60,12 +96,16 @@ async function main(): Promise<void> {
       modes: { type: "string", default: "process,freeze,link,host" },
       replicas: { type: "string", default: "1,2,3" },
       out: { type: "string", default: "bench/results" },
+      service: { type: "string", default: "redis" },
     },
   });
   const trials = Number(values.trials);
+  const service = values.service as Service;
+  if (service !== "redis" && service !== "echo") throw new Error("--service: redis or echo");
   const modes = values.modes.split(",") as FaultMode[];
   const counts = values.replicas.split(",").map(Number);
   const samples = new Map<string, number[]>();
+  const details = new Map<string, Trial[]>();
   const failures = new Map<string, string[]>();
   let index = 0;
   for (let k = 0; k < trials; k++) {
@@ -73,8 +113,12 @@ async function main(): Promise<void> {
       for (const n of counts) {
         const key = `${mode}/${n}`;
         try {
-          const ms = await trial(mode, n, index++);
-          samples.set(key, [...(samples.get(key) ?? []), ms]);
+          const r = await trial(mode, n, index++, service);
+          samples.set(key, [...(samples.get(key) ?? []), r.stallMs]);
+          details.set(key, [...(details.get(key) ?? []), r]);
+          process.stderr.write(
+            `${key}: stall ${r.stallMs.toFixed(1)} ms (gap ${r.gapMs.toFixed(1)}), promoted +${r.promotedMs.toFixed(1)} ms: ${r.reason}\n`,
+          );
         } catch (e) {
           failures.set(key, [...(failures.get(key) ?? []), (e as Error).message]);
         }
@@ -86,6 +130,8 @@ async function main(): Promise<void> {
     mode: string;
     replicas: number;
     stallMs: Summary;
+    gapMs: Summary;
+    promotedMs: Summary;
     failedTrials: number;
     thesisMs: number;
   }> = [];
@@ -96,28 +142,31 @@ async function main(): Promise<void> {
         mode,
         replicas: n,
         stallMs: summarize(samples.get(key) ?? []),
+        gapMs: summarize((details.get(key) ?? []).map((d) => d.gapMs)),
+        promotedMs: summarize((details.get(key) ?? []).map((d) => d.promotedMs)),
         failedTrials: failures.get(key)?.length ?? 0,
         thesisMs: THESIS[n] ?? NaN,
       });
     }
   }
   const m = machine();
-  const command = `node dist/bench/failover.js --trials ${trials} --modes ${modes.join(",")} --replicas ${counts.join(",")}`;
+  const command = `node dist/bench/failover.js --trials ${trials} --modes ${modes.join(",")} --replicas ${counts.join(",")} --service ${service}`;
   const date = new Date().toISOString();
   const md = [
     `# Failover stall (${date})`,
     "",
     machineLine(m),
-    `Command: \`${command}\`. Stall = failure injection (\`lab kill original --mode M\`) → end of the widest`,
-    "gap between echoes after it, i.e. the first byte from the new original (64 B ping-pong through the VIP,",
-    "one message in flight). Detection included.",
-    "Thesis Table 5.6: redirect after detection, detection NOT included.",
+    `Command: \`${command}\`. Stall = failure injection (\`lab kill original --mode M\`) → the first answer the`,
+    "client receives after the promotion, i.e. the first byte from the new original (ping-pong through the VIP,",
+    `one request in flight: ${service === "redis" ? "redis PING" : "64 B echo"}). Detection included. Gap = that answer minus the one before it (or`,
+    "the injection): the interruption the client saw (a dying original may still answer for a while). Promoted =",
+    "injection → promotion (proxy log). Thesis Table 5.6: redirect after detection, detection NOT included.",
     "",
-    "| mode | replicas | trials ok | p50 (ms) | p99 (ms) | min–max (ms) | thesis (ms) |",
-    "|---|---|---|---|---|---|---|",
+    "| mode | replicas | trials ok | stall p50 (ms) | stall p99 (ms) | min–max (ms) | gap p50 (ms) | promoted p50 (ms) | thesis (ms) |",
+    "|---|---|---|---|---|---|---|---|---|",
     ...rows.map(
       (r) =>
-        `| ${r.mode} | ${r.replicas} | ${r.stallMs.count}/${r.stallMs.count + r.failedTrials} | ${r.stallMs.p50.toFixed(2)} | ${r.stallMs.p99.toFixed(2)} | ${r.stallMs.min.toFixed(2)}–${r.stallMs.max.toFixed(2)} | ${r.thesisMs} |`,
+        `| ${r.mode} | ${r.replicas} | ${r.stallMs.count}/${r.stallMs.count + r.failedTrials} | ${r.stallMs.p50.toFixed(2)} | ${r.stallMs.p99.toFixed(2)} | ${r.stallMs.min.toFixed(2)}–${r.stallMs.max.toFixed(2)} | ${r.gapMs.p50.toFixed(2)} | ${r.promotedMs.p50.toFixed(2)} | ${r.thesisMs} |`,
     ),
     "",
     ...[...failures].flatMap(([k, v]) => v.map((msg) => `- failed trial ${k}: ${msg}`)),
@@ -129,6 +178,7 @@ async function main(): Promise<void> {
     machine: m,
     rows,
     samples: Object.fromEntries(samples),
+    trials: Object.fromEntries(details),
     failures: Object.fromEntries(failures),
   };
   await writeResults(values.out, "failover", date, json, md);

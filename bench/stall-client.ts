@@ -1,9 +1,13 @@
-// Runs in the client namespace during a failover trial: a ping-pong loop (64 B, one message in
-// flight) for `ms` milliseconds, recording when each echo arrived (epoch ms, sub-ms precision)
-// and checking every echoed byte. Prints JSON { replies: number[], error?: string }.
+// Runs in the client namespace during a failover trial: a ping-pong loop (one request in flight)
+// for `ms` milliseconds, recording when each answer arrived (epoch ms, sub-ms precision) and
+// checking every answer byte. Prints JSON { replies: number[], error?: string }.
+//
+//   node stall-client.js HOST PORT MS [echo|redis]
+//   echo:  64 B messages, each echoed back;   redis: PING, answered +PONG.
 import { connect } from "node:net";
 
-const [host, portArg, msArg] = process.argv.slice(2);
+const [host, portArg, msArg, protocol = "echo"] = process.argv.slice(2);
+if (protocol !== "echo" && protocol !== "redis") throw new Error(`unknown protocol ${protocol}`);
 const until = Date.now() + Number(msArg);
 const replies: number[] = [];
 const sock = connect({ host: host!, port: Number(portArg), noDelay: true });
@@ -17,9 +21,15 @@ const finish = () => {
 };
 const send = () => {
   if (Date.now() > until) return finish();
-  expected = Buffer.alloc(64, i++ & 0xff);
   got = Buffer.alloc(0);
-  sock.write(expected);
+  if (protocol === "redis") {
+    expected = Buffer.from("+PONG\r\n");
+    sock.write("PING\r\n");
+  } else {
+    expected = Buffer.alloc(64, i & 0xff);
+    sock.write(expected);
+  }
+  i++;
 };
 sock.on("connect", send);
 sock.on("data", (d: Buffer) => {
@@ -27,7 +37,7 @@ sock.on("data", (d: Buffer) => {
   if (got.length < expected.length) return;
   replies.push(performance.timeOrigin + performance.now());
   if (!got.equals(expected)) {
-    error = `echo ${i} differs`;
+    error = `answer ${i} differs`;
     return finish();
   }
   send();

@@ -112,3 +112,22 @@ export async function waitReplicationIdle(statsSocket: string, timeoutMs = 120_0
 export function cliIn(namespace: string, args: string[], timeoutMs = 300_000) {
   return inNs(namespace, [process.execPath, CLI, ...args], timeoutMs);
 }
+
+/** The engine events of one type that a lab's proxy logged (pino JSON lines in its log file). */
+export async function proxyLogEvents<T = Record<string, unknown>>(
+  logPath: string,
+  type: string,
+): Promise<T[]> {
+  const text = await readFile(logPath, "utf8").catch(() => "");
+  const events: T[] = [];
+  for (const line of text.split("\n")) {
+    if (!line.includes(`"type":"${type}"`)) continue;
+    try {
+      const o = JSON.parse(line) as { type?: unknown };
+      if (o.type === type) events.push(o as T);
+    } catch {
+      // not a JSON line (e.g. a crash message)
+    }
+  }
+  return events;
+}

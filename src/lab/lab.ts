@@ -20,6 +20,7 @@ import {
   waitUntilDead,
 } from "../sys/process.js";
 import { installKernelPath } from "../proxy/nft.js";
+import type { FailureTuning } from "../proxy/config.js";
 import { spawnInNamespace, startService, type RunningService } from "./services.js";
 import { queryStats } from "../proxy/stats-client.js";
 import { fileURLToPath } from "node:url";
@@ -270,7 +271,21 @@ async function waitNetworkReady(t: LabTopology): Promise<void> {
 }
 
 /** Starts the appliance's proxy (kernel path + replication engine) in the appliance namespace. */
-async function startProxy(t: LabTopology, autoFailover: boolean): Promise<NonNullable<LabState["proxy"]>> {
+/** What the appliance asks each lab service to prove it is alive (the application, not only its
+ * kernel, must answer), when a lab asks for health checks. Off by default: on this shared 2-core
+ * machine a healthy service is sometimes not scheduled for 10+ ms, so a tight application-level
+ * deadline fails healthy originals over; TCP-level probes (answered by the kernel) do not. */
+const HEALTH_CHECKS: Record<LabTopology["service"], { send: string; expect: string }> = {
+  echo: { send: "tcp-replicator health check\n", expect: "tcp-replicator health check\n" },
+  redis: { send: "PING\r\n", expect: "+PONG\r\n" },
+  http: { send: "HEAD / HTTP/1.0\r\n\r\n", expect: "HTTP/1." },
+};
+
+async function startProxy(
+  t: LabTopology,
+  opts: Pick<LabUpOptions, "autoFailover" | "healthCheck" | "failure">,
+): Promise<NonNullable<LabState["proxy"]>> {
+  const autoFailover = opts.autoFailover ?? true;
   const dir = labDir(t.name);
   const config = join(dir, "proxy.json");
   const statsSocket = join(dir, "proxy.sock");
@@ -288,6 +303,10 @@ async function startProxy(t: LabTopology, autoFailover: boolean): Promise<NonNul
         statsSocket,
         logLevel: "info",
         autoFailover,
+        ...(opts.healthCheck
+          ? { healthCheck: { ...HEALTH_CHECKS[t.service], timeoutMs: opts.healthCheck.timeoutMs } }
+          : {}),
+        ...(opts.failure ? { failure: opts.failure } : {}),
         // The lab's largest file is 64 MiB: hold enough to verify every byte of it even when the
         // kernel path serves the client far faster than the replicas answer the engine.
         limits: { perConnectionBytes: 128 * 2 ** 20, perReplicaBytes: 2 ** 30, globalBytes: 2 * 2 ** 30 },
@@ -323,6 +342,10 @@ export interface LabUpOptions {
   service: string;
   /** The appliance promotes a replica by itself when the original fails (default true). */
   autoFailover?: boolean;
+  /** Probes also ask the service itself (PING, HEAD /, an echo) to answer within timeoutMs. */
+  healthCheck?: { timeoutMs: number };
+  /** Detection thresholds for the appliance (ms). */
+  failure?: Partial<FailureTuning>;
 }
 
 export async function labUp(opts: LabUpOptions): Promise<LabState> {
@@ -380,7 +403,7 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
         snatAddress: topology.appliance.backendAddress,
       });
     } else {
-      state.proxy = await startProxy(topology, opts.autoFailover ?? true);
+      state.proxy = await startProxy(topology, opts);
       await saveState(state);
     }
     return state;

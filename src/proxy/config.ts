@@ -27,10 +27,39 @@ export interface ProxyConfig {
   finHoldMs: number;
   /** Promote the best replica as soon as the original is seen failing. */
   autoFailover: boolean;
+  /** Detection thresholds (ms); see EngineConfig.failure. */
+  failure: FailureTuning;
+  /** Application-level probe: after the TCP handshake, send `send` and expect a reply starting
+   * with `expect` within `timeoutMs`. Without it a probe only checks that the port accepts. */
+  healthCheck: HealthCheck | undefined;
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
 }
 
+export interface FailureTuning {
+  closeMismatchMs: number;
+  stallSuspectMs: number;
+  replyStallMs: number;
+  ackStallMs: number;
+  probeTimeoutMs: number;
+}
+
+export interface HealthCheck {
+  send: string;
+  expect: string;
+  timeoutMs: number;
+}
+
+const FAILURE_DEFAULTS: FailureTuning = {
+  closeMismatchMs: 2,
+  stallSuspectMs: 3,
+  replyStallMs: 60,
+  ackStallMs: 100,
+  probeTimeoutMs: 5,
+};
+
 const KNOWN = new Set([
+  "failure",
+  "healthCheck",
   "vip",
   "port",
   "original",
@@ -61,6 +90,27 @@ function int(raw: Record<string, unknown>, key: string, lo: number, hi: number, 
   if (typeof v !== "number" || !Number.isInteger(v) || v < lo || v > hi) {
     throw new ConfigError(`${key}: expected an integer from ${lo} to ${hi}, got ${JSON.stringify(raw[key])}`);
   }
+  return v;
+}
+
+function object(
+  raw: Record<string, unknown>,
+  key: string,
+  known: readonly string[],
+): Record<string, unknown> {
+  const v = raw[key] ?? {};
+  if (typeof v !== "object" || v === null || Array.isArray(v))
+    throw new ConfigError(`${key}: expected an object`);
+  const o = v as Record<string, unknown>;
+  for (const k of Object.keys(o))
+    if (!known.includes(k)) throw new ConfigError(`${key}: unknown field ${JSON.stringify(k)}`);
+  return o;
+}
+
+function text(raw: Record<string, unknown>, key: string, max: number): string {
+  const v = raw[key];
+  if (typeof v !== "string" || v.length === 0 || v.length > max)
+    throw new ConfigError(`${key}: expected a string of 1 to ${max} characters`);
   return v;
 }
 
@@ -109,6 +159,24 @@ export function parseProxyConfig(raw: unknown): ProxyConfig {
     maxConnections: int(lr, "maxConnections", 1, 10_000_000, DEFAULT_LIMITS.maxConnections),
   };
 
+  const fr = object(r, "failure", Object.keys(FAILURE_DEFAULTS));
+  const failure: FailureTuning = {
+    closeMismatchMs: int(fr, "closeMismatchMs", 0, 60_000, FAILURE_DEFAULTS.closeMismatchMs),
+    stallSuspectMs: int(fr, "stallSuspectMs", 1, 60_000, FAILURE_DEFAULTS.stallSuspectMs),
+    replyStallMs: int(fr, "replyStallMs", 1, 600_000, FAILURE_DEFAULTS.replyStallMs),
+    ackStallMs: int(fr, "ackStallMs", 1, 600_000, FAILURE_DEFAULTS.ackStallMs),
+    probeTimeoutMs: int(fr, "probeTimeoutMs", 1, 60_000, FAILURE_DEFAULTS.probeTimeoutMs),
+  };
+  let healthCheck: HealthCheck | undefined;
+  if (r.healthCheck !== undefined) {
+    const h = object(r, "healthCheck", ["send", "expect", "timeoutMs"]);
+    healthCheck = {
+      send: text(h, "send", 4096),
+      expect: text(h, "expect", 4096),
+      timeoutMs: int(h, "timeoutMs", 1, 60_000, 10),
+    };
+  }
+
   const cfg: ProxyConfig = {
     vip: ip(r, "vip"),
     port: int(r, "port", 1, 65535),
@@ -124,6 +192,8 @@ export function parseProxyConfig(raw: unknown): ProxyConfig {
     limits,
     finHoldMs: int(r, "finHoldMs", 1, 600_000, 2000),
     autoFailover: r.autoFailover === undefined ? true : bool(r, "autoFailover"),
+    failure,
+    healthCheck,
     logLevel: (r.logLevel ?? "info") as ProxyConfig["logLevel"],
   };
   if (!(LOG_LEVELS as readonly string[]).includes(cfg.logLevel))

@@ -2,8 +2,6 @@
 // captures, feeds the engine, injects what it produces, and runs its timers. Started and stopped
 // as a unit; stop() (also on SIGINT/SIGTERM) removes everything it added to the system.
 import { connect, createServer, type Server } from "node:net";
-
-const PROBE_TIMEOUT_MS = 300;
 import { rm } from "node:fs/promises";
 import { setPriority } from "node:os";
 import type { Logger } from "pino";
@@ -65,7 +63,7 @@ export class Proxy {
       ...base,
       limits: config.limits,
       finHoldMs: config.finHoldMs,
-      failure: { ...base.failure, autoFailover: config.autoFailover, probeOnClose: true },
+      failure: { ...base.failure, ...config.failure, autoFailover: config.autoFailover, probes: true },
     });
     for (const r of config.replicas) this.engine.addReplica({ id: r.id, address: parseIPv4(r.address) });
     this.engine.drain();
@@ -148,7 +146,7 @@ export class Proxy {
       if (o.type === "send") {
         this.injector?.send(o.segment);
       } else if (o.type === "probe") {
-        this.probeOriginal();
+        this.probe(o.id, o.target, formatIPv4(o.address), o.timeoutMs, o.reason);
       } else if (o.type === "promote") {
         this.retarget(formatIPv4(o.original), formatIPv4(o.previous));
       } else if (
@@ -157,9 +155,18 @@ export class Proxy {
         o.event.type === "capture-gap"
       ) {
         this.log.warn(o.event, o.event.type);
-      } else if (o.event.type === "original-failure" || o.event.type === "no-replica-left") {
+      } else if (
+        o.event.type === "original-failure" ||
+        o.event.type === "no-replica-left" ||
+        o.event.type === "replica-failure"
+      ) {
         this.log.error(o.event, o.event.type);
-      } else if (o.event.type === "unverified" || o.event.type === "promoted") {
+      } else if (o.event.type === "probe-result") {
+        this.log.debug(o.event, o.event.type); // the probe itself logged why
+      } else if (o.event.type === "promoted") {
+        // Wall-clock time with sub-ms precision: benchmarks line it up with client-side times.
+        this.log.info({ ...o.event, at: performance.timeOrigin + performance.now() }, o.event.type);
+      } else if (o.event.type === "unverified") {
         this.log.info(o.event, o.event.type);
       } else {
         this.log.debug(o.event, o.event.type);
@@ -167,23 +174,49 @@ export class Proxy {
     }
   }
 
-  /** Can the original's service port still be connected to? (300 ms: it is on the LAN, but a
-   * SYN flood or a busy host may delay its answer; a wrong "dead" would fail over for nothing.) */
-  private probeOriginal(): void {
-    const target = this.currentOriginal;
-    const sock = connect({ host: target, port: this.config.port, timeout: PROBE_TIMEOUT_MS });
+  /**
+   * Is `address`:port alive? The TCP handshake must complete within `timeoutMs` (a refusal answers
+   * at once; a vanished host or link does not answer); then, with a health check configured, the
+   * application must answer it within its own timeout (a frozen or dying process keeps its
+   * listening socket, so the kernel still completes handshakes for it). Deadlines are checked only
+   * after the event loop polled for I/O once more (setImmediate): a busy loop never mistakes an
+   * answer it has not read yet for silence.
+   */
+  private probe(id: number, target: string, address: string, timeoutMs: number, reason: string): void {
+    const check = this.config.healthCheck;
+    const sock = connect({ host: address, port: this.config.port });
+    const started = performance.now();
     let done = false;
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = (ms: number, why: string) => {
+      clearTimeout(timer);
+      timer = setTimeout(() => setImmediate(() => answer(false, why)), ms);
+    };
     const answer = (alive: boolean, why: string) => {
       if (done) return;
       done = true;
+      clearTimeout(timer);
       sock.destroy();
-      this.log.info({ original: target, alive, why }, "probe of the original");
-      if (this.currentOriginal !== target) return;
-      this.engine.probeResult(alive, performance.now());
+      const ms = performance.now() - started;
+      if (alive) this.log.debug({ target, address, why, ms, reason }, "probe answered");
+      else this.log.warn({ target, address, why, ms, reason }, "probe failed");
+      this.engine.probeResult(id, alive, performance.now(), why);
       this.flush();
     };
-    sock.once("connect", () => answer(true, "connected"));
-    sock.once("timeout", () => answer(false, "timeout"));
+    deadline(timeoutMs, "no answer to the handshake");
+    sock.once("connect", () => {
+      if (!check) return answer(true, "connected");
+      deadline(check.timeoutMs, "no answer to the health check");
+      let got = "";
+      sock.setEncoding("latin1");
+      sock.on("data", (d: string) => {
+        got += d;
+        if (got.startsWith(check.expect)) answer(true, "health check answered");
+        else if (got.length >= check.expect.length) answer(false, "wrong answer to the health check");
+      });
+      sock.once("end", () => answer(false, "closed during the health check"));
+      sock.write(check.send);
+    });
     sock.once("error", (e: NodeJS.ErrnoException) => answer(false, e.code ?? e.message));
   }
 

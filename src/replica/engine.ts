@@ -16,6 +16,7 @@ import { ACK, FIN, PSH, RST, SYN, findOption, type TcpOption, type TcpSegment } 
 import { formatIPv4 } from "../wire/ipv4.js";
 import { ByteStream } from "./byte-stream.js";
 import { ShadowConversation } from "./shadow.js";
+import { DelayEstimator } from "./estimator.js";
 import type {
   EngineConfig,
   EngineEvent,
@@ -27,6 +28,9 @@ import type {
 
 const TWO32 = 4294967296;
 const CLOSE_ALONE = "the original closed a connection its replicas keep open";
+/** Stall suspicions probe the original at most this often (closes and dead answers are not
+ * limited): an original that often trails its replicas costs at most 50 connections a second. */
+const STALL_PROBE_INTERVAL_MS = 20;
 
 /** Stream offset of `seq` for a stream whose first data byte is isn+1, nearest to `ref`. */
 export function toOffset(seq: number, isn: number, ref: number): number {
@@ -85,8 +89,8 @@ export class ReplicatedConnection {
   spliceFinSent = false;
   /** Client-space ACK (offset) last sent to the client on the replica's behalf. */
   ackToClient = -1;
-  /** A probe found the original alive while this connection's close was held: a normal close. */
-  closeProbedAlive = false;
+  /** When the kernel path's SYN to the original was seen (handshake RTT to the original). */
+  natSynAt: { at: number; captureUs: number | undefined } | undefined;
   /** Since when a replica has answered bytes the original has not (failure detection). */
   replyAheadSince: number | undefined;
   /** Since when client bytes a replica acknowledged await the original's acknowledgement. */
@@ -155,7 +159,21 @@ interface ReplicaCounters {
   lastSrttMs: number | undefined;
   /** Promoted to original: it serves its spliced connections and gets no new shadows. */
   promoted: boolean;
+  /** Evidence that the replica itself failed, waiting to be confirmed by a probe. */
+  suspect:
+    { since: number; kind: "fin" | "rst" | "stall"; reason: string; conn?: ReplicatedConnection } | undefined;
 }
+
+/** A probe asked of the I/O edge, not answered yet. */
+interface PendingProbe {
+  target: string;
+  sentAt: number;
+  reason: string;
+}
+
+type Verdict =
+  | { verdict: "failed" | "suspect"; reason: string; conn: ReplicatedConnection; afterMs: number }
+  | { verdict: "none" };
 
 export class ReplicationEngine {
   private readonly conns = new Map<number, ReplicatedConnection>();
@@ -185,8 +203,21 @@ export class ReplicationEngine {
   private promotions = 0;
   /** When the current original last sent anything (engine clock and capture clock). */
   private lastFromOriginal: { at: number; captureUs: number | undefined } | undefined;
-  /** A probe of the original asked for and not answered yet, with the connections it concerns. */
-  private probe: { since: number; conns: ReplicatedConnection[] } | undefined;
+  /** ...and when it last sent payload bytes. */
+  private lastDataFromOriginal: { at: number; captureUs: number | undefined } | undefined;
+  /** Probes asked of the I/O edge and not answered yet, by id. */
+  private readonly probes = new Map<number, PendingProbe>();
+  private nextProbeId = 1;
+  private readonly probeCounters = { sent: 0, alive: 0, dead: 0 };
+  /** Per target ("original" or replica id): when the last probe answered alive was sent. Evidence
+   * older than that is explained (the target was alive after it) and is not probed again. */
+  private readonly aliveAt = new Map<string, number>();
+  /** How long the original trails its fastest replica when it answers later than one. */
+  private originalLag = new DelayEstimator();
+  /** Handshake RTT from the appliance to the original. */
+  private originalRtt = new DelayEstimator();
+  private replicasFailed = 0;
+  private lastStallProbeAt = -Infinity;
   /** A failure of the current original was signalled already. */
   private failureSignaled = false;
 
@@ -256,6 +287,7 @@ export class ReplicationEngine {
       rttSamples: 0,
       lastSrttMs: undefined,
       promoted: false,
+      suspect: undefined,
     });
     // Connections already open started before this replica had their bytes: it gets only new ones.
     for (const c of this.conns.values()) c.notPromotable.add(info.id);
@@ -264,6 +296,8 @@ export class ReplicationEngine {
 
   removeReplica(id: string): void {
     if (!this.replicas.has(id)) throw new Error(`no replica ${id}`);
+    for (const [k, p] of this.probes) if (p.target === id) this.probes.delete(k);
+    this.aliveAt.delete(id);
     for (const c of this.conns.values()) {
       const s = c.shadows.get(id);
       if (!s) continue;
@@ -335,7 +369,7 @@ export class ReplicationEngine {
     } else if (seg.dst === this.original && seg.dstPort === c.port && seg.src === c.snatAddress) {
       if ((seg.flags & (SYN | ACK)) === SYN) {
         this.counters.natSyn++;
-        this.onNatSyn(seg);
+        this.onNatSyn(seg, now);
       }
     } else if (seg.dst === c.replicationAddress && seg.srcPort === c.port) {
       this.counters.replica++;
@@ -352,7 +386,8 @@ export class ReplicationEngine {
     const want = (t: number) => {
       if (next === undefined || t < next) next = t;
     };
-    let failed: { failed: true; reason: string; conn: ReplicatedConnection; afterMs: number } | undefined;
+    let failed: Verdict | undefined;
+    let suspect: Verdict | undefined;
     if (this.unboundCount > 0) {
       this.expireUnbound(now);
       for (const list of this.unbound.values()) want(list[0]!.at + this.config.synTimeoutMs);
@@ -372,10 +407,9 @@ export class ReplicationEngine {
         if (g !== undefined) want(g);
       }
       if (!failed && !this.failureSignaled) {
-        const f = this.detectFailure(conn, now);
-        if (f.failed) {
-          failed = f;
-        } else if (f.next !== undefined) want(f.next);
+        const f = this.detectFailure(conn, now, want);
+        if (f.verdict === "failed") failed = f;
+        else if (f.verdict === "suspect") suspect ??= f;
       }
       if (conn.held && !conn.held.released) {
         // A replica still sending toward its close is not a failure, only slower: the hold
@@ -401,66 +435,31 @@ export class ReplicationEngine {
         want(end);
       }
     }
-    if (
-      failed &&
-      !this.failureSignaled &&
-      failed.reason.startsWith(CLOSE_ALONE) &&
-      this.config.failure.probeOnClose
-    ) {
-      // A replica may just be slow to close (busy, many closes at once). The original's death is
-      // confirmed by a probe of its service port (the I/O edge does it and calls probeResult).
-      if (!this.probe) {
-        this.probe = {
-          since: now,
-          conns: [...this.conns.values()].filter((c) => c.held && !c.held.released),
-        };
-        this.out.push({ type: "probe", reason: failed.reason });
-      }
-      return next;
-    }
-    if (failed && !this.failureSignaled) {
-      // One signal per original: it is either promoted away now, or left to the operator.
-      this.failureSignaled = true;
-      this.event({
-        type: "original-failure",
-        reason: failed.reason,
-        conn: failed.conn.id,
-        afterMs: failed.afterMs,
-      });
-      this.failuresDetected++;
-      if (this.config.failure.autoFailover) {
-        const best = this.bestReplica();
-        if (best) this.promote(best, now);
-        else this.event({ type: "no-replica-left", reason: failed.reason });
-      }
+    this.checkReplicas(now, want);
+    if (this.failureSignaled) return next;
+    if (failed?.verdict === "failed") {
+      this.originalFailed(failed.reason, failed.conn.id, failed.afterMs, now);
+    } else if (suspect?.verdict === "suspect") {
+      if (!suspect.reason.startsWith(CLOSE_ALONE)) this.lastStallProbeAt = now;
+      this.requestProbe("original", this.original, suspect.reason, now, this.probeTimeoutMs());
     }
     return next;
   }
 
   /**
-   * Signals that the original failed, seen on one connection: it closed alone (replicas caught
+   * Evidence, seen on one connection, that the original failed: it closed alone (replicas caught
    * up to the same offset did not close), or it stopped answering what replicas answered, or it
-   * stopped acknowledging client bytes the replicas acknowledged. Returns when to look again.
+   * stopped acknowledging client bytes the replicas acknowledged. "suspect": ask a probe (a dead
+   * port or no answer confirms); "failed": no doubt left. Reports when to look again via `want`.
    */
-  private detectFailure(
-    conn: ReplicatedConnection,
-    now: number,
-  ):
-    | { failed: true; reason: string; conn: ReplicatedConnection; afterMs: number }
-    | { failed: false; next: number | undefined } {
-    if (conn.phase !== "open" || conn.spliced) return { failed: false, next: undefined };
+  private detectFailure(conn: ReplicatedConnection, now: number, want: (t: number) => void): Verdict {
+    if (conn.phase !== "open" || conn.spliced) return { verdict: "none" };
     const f = this.config.failure;
     const healthy = [...conn.shadows.values()].filter((s) => s.comparing);
-    if (healthy.length === 0) return { failed: false, next: undefined };
-    let next: number | undefined;
-    const check = (since: number | undefined, limit: number, reason: string) => {
-      if (since === undefined) return undefined;
-      if (now - since >= limit) return { failed: true as const, reason, conn, afterMs: now - since };
-      next = next === undefined ? since + limit : Math.min(next, since + limit);
-      return undefined;
-    };
+    if (healthy.length === 0) return { verdict: "none" };
+    const aliveAt = this.aliveAt.get("original") ?? -Infinity;
     const held = conn.held;
-    if (held && !held.released && !conn.closeProbedAlive) {
+    if (held && !held.released && held.since > aliveAt) {
       // A replica that received everything the original had received (the same client bytes,
       // FIN included) and answered everything it answered, but did not close: the original's
       // close was not the service's decision. Counted from when the replica was caught up, so a
@@ -478,16 +477,17 @@ export class ReplicationEngine {
           since = since === undefined ? t : Math.min(since, t);
         }
       }
-      const r = check(
-        since,
-        f.closeMismatchMs,
-        `${CLOSE_ALONE} (${held.kind === "rst" ? "reset" : "closed"})`,
-      );
-      if (r) return r;
+      if (since !== undefined) {
+        if (now - since >= f.closeMismatchMs) {
+          const reason = `${CLOSE_ALONE} (${held.kind === "rst" ? "reset" : "closed"})`;
+          return { verdict: f.probes ? "suspect" : "failed", reason, conn, afterMs: now - since };
+        }
+        want(since + f.closeMismatchMs);
+      }
     }
     // Stalls only count while the original sends nothing at all, on any connection: a busy or
-    // slow original keeps sending elsewhere; a frozen, unplugged or vanished one does not.
-    const silentMs = this.originalSilentMs(now);
+    // slow original keeps sending elsewhere; a frozen, unplugged or vanished one does not. A
+    // frozen application's kernel still sends ACKs, so the long reply stall counts data only.
     const ahead = healthy.some((s) => s.reply.end > conn.original.end);
     if (ahead) conn.replyAheadSince ??= now;
     else conn.replyAheadSince = undefined;
@@ -496,27 +496,67 @@ export class ReplicationEngine {
       healthy.some((s) => Math.max(0, s.sndUna) > conn.originalAckOffset);
     if (behind) conn.ackBehindSince ??= now;
     else conn.ackBehindSince = undefined;
-    const stalls: Array<[number | undefined, number, string]> = [
-      [conn.replyAheadSince, f.replyStallMs, "the original stopped answering what the replicas answer"],
-      [conn.ackBehindSince, f.ackStallMs, "the original stopped acknowledging what the replicas acknowledge"],
+    const silentAny = this.silentMs(this.lastFromOriginal, now);
+    const silentData = this.silentMs(this.lastDataFromOriginal, now);
+    const suspectMs = this.stallSuspectMs();
+    const stalls: Array<[number | undefined, number, number, string]> = [
+      [
+        conn.replyAheadSince,
+        this.appStallMs(f.replyStallMs),
+        silentData,
+        "the original stopped answering what the replicas answer",
+      ],
+      [
+        conn.ackBehindSince,
+        this.appStallMs(f.ackStallMs),
+        silentAny,
+        "the original stopped acknowledging what the replicas acknowledge",
+      ],
     ];
-    for (const [since, limit, reason] of stalls) {
+    let suspicion: Verdict = { verdict: "none" };
+    for (const [since, limit, silent, reason] of stalls) {
       if (since === undefined) continue;
-      if (now - since >= limit && silentMs >= limit)
-        return { failed: true, reason, conn, afterMs: now - since };
-      const at = Math.max(since + limit, now + Math.max(0, limit - silentMs));
-      next = next === undefined ? at : Math.min(next, at);
+      if (now - since >= limit && silent >= limit)
+        return { verdict: "failed", reason, conn, afterMs: now - since };
+      want(Math.max(since + limit, now + Math.max(0, limit - silent)));
+      // A suspicion the last probe already answered is not asked again; nor, to bound what probes
+      // cost a slow original, more often than every STALL_PROBE_INTERVAL_MS.
+      if (!f.probes || since <= aliveAt) continue;
+      const allowed = this.lastStallProbeAt + STALL_PROBE_INTERVAL_MS;
+      if (now - since >= suspectMs && silentAny >= suspectMs && now >= allowed) {
+        if (suspicion.verdict === "none")
+          suspicion = { verdict: "suspect", reason, conn, afterMs: now - since };
+      } else {
+        want(Math.max(since + suspectMs, now + Math.max(0, suspectMs - silentAny), allowed));
+      }
     }
-    return { failed: false, next };
+    return suspicion;
+  }
+
+  /** The stall suspicion threshold: how far the original normally trails, bounded below. */
+  private stallSuspectMs(): number {
+    const lag =
+      this.originalLag.meanMs === undefined ? 0 : this.originalLag.meanMs + 2 * this.originalLag.devMs;
+    return Math.max(this.config.failure.stallSuspectMs, 2 * this.originalRtt.bound(4, 0), lag);
+  }
+
+  /** A stall no probe confirmed (the kernel answers, the application does not): at least the
+   * configured floor and well beyond how far the original has been seen to trail. */
+  private appStallMs(floorMs: number): number {
+    return this.originalLag.bound(8, floorMs);
+  }
+
+  /** How long a probe of the original may take: a few of its measured handshake RTTs. */
+  private probeTimeoutMs(): number {
+    return Math.max(this.config.failure.probeTimeoutMs, 4 * this.originalRtt.bound(4, 0));
   }
 
   /**
-   * How long the original has sent nothing. With capture times: measured on the capture clock of
-   * the channel that carries the original (other packets captured later prove the silence even
-   * when the engine itself lags); without: on the engine's clock.
+   * How long the original has sent nothing since `last`. With capture times: measured on the
+   * capture clock of the channel that carries the original (other packets captured later prove
+   * the silence even when the engine itself lags); without: on the engine's clock.
    */
-  private originalSilentMs(now: number): number {
-    const last = this.lastFromOriginal;
+  private silentMs(last: { at: number; captureUs: number | undefined } | undefined, now: number): number {
     if (!last) return Infinity;
     const channel = this.channelOf.original;
     const wm = channel === undefined ? undefined : this.watermarkUs.get(channel);
@@ -529,43 +569,163 @@ export class ReplicationEngine {
     return now - last.at;
   }
 
+  /** Asks the I/O edge to probe `target` unless a probe of it is under way already. */
+  private requestProbe(
+    target: string,
+    address: number,
+    reason: string,
+    now: number,
+    timeoutMs: number,
+  ): void {
+    for (const p of this.probes.values()) if (p.target === target) return;
+    const id = this.nextProbeId++;
+    this.probes.set(id, { target, sentAt: now, reason });
+    this.probeCounters.sent++;
+    this.out.push({ type: "probe", id, target, address, timeoutMs: Math.ceil(timeoutMs), reason });
+  }
+
   /**
-   * The answer to a "probe" output: is the original's service port still accepting connections?
-   * Dead: the held closes were its death, fail over. Alive: they were normal closes by the service
-   * (replicas are only slower), so those connections no longer count as evidence.
+   * The answer to a "probe" output: did the target's service port accept a connection in time?
+   * Alive: the evidence so far is explained (a normal close, a slow answer) and is not probed
+   * again. Dead (refused, unreachable, no answer): the original fails over, a replica is removed.
    */
-  probeResult(alive: boolean, now: number): void {
-    const p = this.probe;
+  probeResult(id: number, alive: boolean, now: number, why = "no answer"): void {
+    const p = this.probes.get(id);
     if (!p) return;
-    this.probe = undefined;
+    this.probes.delete(id);
+    this.event({ type: "probe-result", target: p.target, alive, reason: p.reason, afterMs: now - p.sentAt });
     if (alive) {
-      for (const c of p.conns) c.closeProbedAlive = true;
+      this.probeCounters.alive++;
+      this.aliveAt.set(p.target, Math.max(this.aliveAt.get(p.target) ?? -Infinity, p.sentAt));
+      const r = this.replicas.get(p.target);
+      if (r?.suspect && r.suspect.since <= p.sentAt) r.suspect = undefined;
       return;
     }
-    if (this.failureSignaled) return;
-    this.failureSignaled = true;
-    this.failuresDetected++;
-    this.event({
-      type: "original-failure",
-      reason: `${CLOSE_ALONE}; its service port is closed`,
-      conn: p.conns[0]?.id ?? "",
-      afterMs: now - p.since,
-    });
-    if (this.config.failure.autoFailover) {
-      const best = this.bestReplica();
-      if (best) this.promote(best, now);
-      else this.event({ type: "no-replica-left", reason: CLOSE_ALONE });
+    this.probeCounters.dead++;
+    if (p.target === "original") {
+      if (!this.failureSignaled)
+        this.originalFailed(`${p.reason}; probe of its service port: ${why}`, "", now - p.sentAt, now);
+    } else {
+      this.replicaFailed(p.target, `${p.reason}; probe of its service port: ${why}`);
     }
   }
 
-  /** The replica to promote: not promoted already, answering, lowest smoothed RTT. */
+  /** One signal per original: it is either promoted away now, or left to the operator. */
+  private originalFailed(reason: string, conn: string, afterMs: number, now: number): void {
+    this.failureSignaled = true;
+    this.failuresDetected++;
+    this.event({ type: "original-failure", reason, conn, afterMs });
+    if (!this.config.failure.autoFailover) return;
+    const best = this.bestReplica();
+    if (best) this.promote(best, now);
+    else
+      this.event({
+        type: "no-replica-left",
+        reason: `the original failed (${reason}) and no replica is left`,
+      });
+  }
+
+  /** Replica suspicions (it closed or reset alone, or stopped acknowledging) become probes. */
+  private checkReplicas(now: number, want: (t: number) => void): void {
+    const f = this.config.failure;
+    for (const r of this.replicas.values()) {
+      const sp = r.suspect;
+      if (r.promoted || !sp) continue;
+      const c = sp.conn;
+      if (
+        sp.kind === "fin" &&
+        c &&
+        (c.held !== undefined || c.originalFinOffset !== undefined || c.phase !== "open")
+      ) {
+        r.suspect = undefined; // the original closed too: a normal close
+        continue;
+      }
+      if (sp.since <= (this.aliveAt.get(r.info.id) ?? -Infinity)) {
+        r.suspect = undefined;
+        continue;
+      }
+      const due = sp.since + (sp.kind === "stall" ? 0 : f.closeMismatchMs);
+      if (now < due) {
+        want(due);
+        continue;
+      }
+      if (f.probes) {
+        const timeout = Math.max(f.probeTimeoutMs, 4 * (r.lastSrttMs ?? 0));
+        this.requestProbe(r.info.id, r.info.address, `replica ${r.info.id} ${sp.reason}`, now, timeout);
+      }
+    }
+  }
+
+  private suspectReplica(
+    s: ShadowConversation,
+    now: number,
+    kind: "fin" | "rst" | "stall",
+    reason: string,
+    conn?: ReplicatedConnection,
+  ): void {
+    const r = this.replicas.get(s.replica.id);
+    if (!r || r.promoted || r.suspect) return;
+    r.suspect = { since: now, kind, reason, ...(conn ? { conn } : {}) };
+  }
+
+  /** A replica is dead: it is removed (its shadows reset, its state freed); the others go on. */
+  private replicaFailed(id: string, reason: string): void {
+    const r = this.replicas.get(id);
+    if (!r || r.promoted) return;
+    this.replicasFailed++;
+    this.event({ type: "replica-failure", replica: id, reason });
+    this.removeReplica(id);
+    if (this.promotableCount() === 0)
+      this.event({ type: "no-replica-left", reason: `replica ${id} failed: the service runs unreplicated` });
+  }
+
+  private promotableCount(): number {
+    let n = 0;
+    for (const r of this.replicas.values()) if (!r.promoted) n++;
+    return n;
+  }
+
+  /** Could connection `conn` continue on replica `id`'s shadow, byte-exact? */
+  private canSplice(conn: ReplicatedConnection, id: string): boolean {
+    const s = conn.shadows.get(id);
+    return (
+      s !== undefined &&
+      s.state === "open" &&
+      s.status === "healthy" &&
+      !s.replicaRst &&
+      // A replica that closed where the original did not is dying too (or wrong): not spliced.
+      (s.replicaFinOffset === undefined || s.replicaFinOffset === conn.originalFinOffset) &&
+      !conn.notPromotable.has(id) &&
+      conn.originalIsn !== undefined &&
+      s.replicaIsn !== undefined &&
+      !conn.captureGap
+    );
+  }
+
+  /**
+   * The replica to promote: not promoted, not suspected of failing itself, the one that can carry
+   * the most open connections on (healthy, faithful shadows, still open ones first), then the
+   * lowest smoothed RTT.
+   */
   bestReplica(): string | undefined {
-    let best: ReplicaCounters | undefined;
+    let best: { r: ReplicaCounters; score: number } | undefined;
     for (const r of this.replicas.values()) {
       if (r.promoted) continue;
-      if (!best || (r.lastSrttMs ?? Infinity) < (best.lastSrttMs ?? Infinity)) best = r;
+      // A shadow still open counts more than one that closed with the original: when the
+      // original failed, a replica that closed at the same moment is likely failing with it.
+      let score = r.suspect ? -1 : 0;
+      for (const c of this.conns.values()) {
+        if (c.phase !== "open" || !this.canSplice(c, r.info.id)) continue;
+        score += c.shadows.get(r.info.id)!.replicaFinOffset === undefined ? 2 : 1;
+      }
+      if (
+        !best ||
+        score > best.score ||
+        (score === best.score && (r.lastSrttMs ?? Infinity) < (best.r.lastSrttMs ?? Infinity))
+      )
+        best = { r, score };
     }
-    return best?.info.id;
+    return best?.r.info.id;
   }
 
   stats(): EngineStats {
@@ -624,6 +784,14 @@ export class ReplicationEngine {
         detected: this.failuresDetected,
         promotions: this.promotions,
         original: formatIPv4(this.original),
+        replicasLeft: this.promotableCount(),
+        replicasFailed: this.replicasFailed,
+        probes: { ...this.probeCounters },
+        thresholds: {
+          stallSuspectMs: this.stallSuspectMs(),
+          replyStallMs: this.appStallMs(this.config.failure.replyStallMs),
+          probeTimeoutMs: this.probeTimeoutMs(),
+        },
       },
       closeHoldTimeouts: k.closeHoldTimeouts,
       closesReleased: k.closesReleased,
@@ -719,9 +887,10 @@ export class ReplicationEngine {
     this.enforceLimits(conn);
   }
 
-  private onNatSyn(seg: TcpSegment): void {
+  private onNatSyn(seg: TcpSegment, now: number): void {
     for (const conn of this.conns.values()) {
       if (conn.phase === "syn" && conn.clientIsn === seg.seq && conn.natPort === undefined) {
+        conn.natSynAt = { at: now, captureUs: this.captureUs };
         this.bindNat(conn, seg.srcPort);
         return;
       }
@@ -811,10 +980,20 @@ export class ReplicationEngine {
       return;
     }
     this.lastFromOriginal = { at: now, captureUs: this.captureUs };
+    if (seg.payload.length > 0) this.lastDataFromOriginal = this.lastFromOriginal;
     const ots = findOption(seg.options, "timestamp");
     if (ots) conn.lastOriginalTsval = ots.tsval;
     if (seg.flags & SYN) {
       if (seg.flags & ACK) {
+        const syn = conn.natSynAt;
+        if (conn.originalIsn === undefined && syn) {
+          conn.natSynAt = undefined;
+          this.originalRtt.add(
+            syn.captureUs !== undefined && this.captureUs !== undefined
+              ? (this.captureUs - syn.captureUs) / 1000
+              : now - syn.at,
+          );
+        }
         if (conn.originalIsn === undefined) conn.originalIsn = seg.seq;
         const ws = findOption(seg.options, "wscale");
         conn.originalWscale = ws && conn.clientOffered("wscale") ? Math.min(14, ws.shift) : 0;
@@ -845,6 +1024,17 @@ export class ReplicationEngine {
     if (seg.payload.length > 0) {
       this.counters.originalBytes += conn.original.write(off, seg.payload);
       for (const s of conn.shadows.values()) this.compare(conn, s);
+      if (conn.replyAheadSince !== undefined) {
+        let ahead = false;
+        for (const s of conn.shadows.values())
+          if (s.comparing && s.reply.end > conn.original.end) ahead = true;
+        if (!ahead) {
+          // The original caught up with a replica that had answered first: how far it trails
+          // when it does sets the stall suspicion threshold.
+          this.originalLag.add(now - conn.replyAheadSince);
+          conn.replyAheadSince = undefined;
+        }
+      }
     }
     if (seg.flags & (FIN | RST)) {
       const kind = seg.flags & RST ? "rst" : "fin";
@@ -996,6 +1186,8 @@ export class ReplicationEngine {
       if (s.replicaFinOffset === undefined) {
         s.replicaFinOffset = finOff;
         s.lastProgressAt = now;
+        if (conn.spliced !== s && !conn.held && conn.originalFinOffset === undefined)
+          this.suspectReplica(s, now, "fin", "closed a connection the original keeps open", conn);
       } else duplicate = true;
       this.checkRelease(conn, now);
     }
@@ -1108,6 +1300,13 @@ export class ReplicationEngine {
       return;
     }
     const expected = conn.held?.kind === "rst";
+    if (!expected)
+      this.suspectReplica(
+        s,
+        now,
+        "rst",
+        s.state === "syn-sent" ? "refused a connection" : "reset a connection the original keeps open",
+      );
     if (!expected && s.status === "healthy") {
       const reason = s.state === "syn-sent" ? "refused the connection" : "reset the connection";
       this.setStatus(conn, s, s.state === "syn-sent" ? "lagging" : "diverged", reason, s.compared);
@@ -1286,12 +1485,16 @@ export class ReplicationEngine {
         return;
       }
       s.rtoMs = Math.min(this.config.rto.maxMs, s.rtoMs * 2);
+      if (s.synTries > this.config.failure.replicaProbeBackoffs)
+        this.suspectReplica(s, now, "stall", "does not answer SYNs");
       this.sendSyn(conn, s, now);
       return;
     }
     if (s.state !== "open" || !this.outstanding(conn, s)) return;
     s.backoffs++;
     s.rtoMs = Math.min(this.config.rto.maxMs, s.rtoMs * 2);
+    if (s.backoffs >= this.config.failure.replicaProbeBackoffs)
+      this.suspectReplica(s, now, "stall", "stopped acknowledging");
     if (s.backoffs > 12) {
       this.setStatus(conn, s, "lagging", "stopped acknowledging", s.compared);
       this.sendRst(conn, s);
@@ -1594,15 +1797,7 @@ export class ReplicationEngine {
         continue;
       }
       const s = conn.shadows.get(id);
-      const faithful =
-        s !== undefined &&
-        s.state === "open" &&
-        s.status === "healthy" &&
-        !conn.notPromotable.has(id) &&
-        conn.originalIsn !== undefined &&
-        s.replicaIsn !== undefined &&
-        !conn.captureGap;
-      if (faithful) {
+      if (s && this.canSplice(conn, id)) {
         this.splice(conn, s);
         report.spliced++;
       } else {
@@ -1614,12 +1809,21 @@ export class ReplicationEngine {
     r.promoted = true;
     this.promotions++;
     this.failureSignaled = false;
-    this.probe = undefined;
+    for (const [k, p] of this.probes) if (p.target === "original") this.probes.delete(k);
+    this.aliveAt.delete("original");
+    this.originalLag = new DelayEstimator();
+    this.originalRtt = new DelayEstimator();
     this.lastFromOriginal = undefined;
+    this.lastDataFromOriginal = undefined;
     this.original = r.info.address;
     this.pendingNat.clear();
     this.out.push({ type: "promote", replica: id, original: r.info.address, previous: old });
     this.event({ type: "promoted", replica: id, ...report });
+    if (this.promotableCount() === 0)
+      this.event({
+        type: "no-replica-left",
+        reason: `${id} was the last replica: the service runs unreplicated`,
+      });
     return report;
   }
 

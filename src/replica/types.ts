@@ -38,19 +38,34 @@ export interface EngineConfig {
   gapConfirmMs: number;
   /** ...or once that channel delivered packets captured this much later than the suspicion. */
   gapSlackMs: number;
-  /** Failure detection of the original (DESIGN-BRIEF section 2, "Failover"). */
+  /** Failure detection of the original and of replicas (DESIGN-BRIEF section 2, "Failover"). */
   failure: {
-    /** The original closed (FIN/RST) while replicas caught up to the same offset did not, for this long. */
+    /** The original closed (FIN/RST) while replicas caught up to the same offset did not, for
+     * this long: a probe confirms (or, without probes, it is a failure). The same wait applies
+     * to a replica that closed where the original did not. */
     closeMismatchMs: number;
-    /** Replicas answered bytes the original has not answered, for this long. */
+    /** Floor of the stall suspicion: replicas answered (or acknowledged) what the original has
+     * not, and the original sent nothing at all, for max(floor, mean + 4 × deviation of how far
+     * the original normally trails its replicas). A suspicion asks for a probe; a probe nobody
+     * answers is a failure. */
+    stallSuspectMs: number;
+    /** Replicas answered bytes the original has not answered, for this long (or twice the
+     * suspicion threshold if larger): a failure even when its kernel still answers probes (a
+     * frozen application). */
     replyStallMs: number;
     /** Client bytes a replica acknowledged stay unacknowledged by the original for this long
      * (above Linux's 40 ms delayed ACK). */
     ackStallMs: number;
+    /** Floor of the probe timeout; the timeout is max(floor, 4 × the path's RTT bound). */
+    probeTimeoutMs: number;
+    /** A replica whose retransmission timer fired this many times in a row without an ACK is
+     * probed. */
+    replicaProbeBackoffs: number;
     /** Promote the best replica as soon as a failure is detected. */
     autoFailover: boolean;
-    /** Confirm "closed alone" with a probe of the original's port before failing over. */
-    probeOnClose: boolean;
+    /** The I/O edge answers "probe" outputs (probeResult()); without, suspicions wait for the
+     * full stall thresholds and a close alone is a failure at once. */
+    probes: boolean;
   };
   /** Closed connections linger this long to absorb retransmissions, then are freed. */
   lingerMs: number;
@@ -81,11 +96,14 @@ export function defaultConfig(
     gapConfirmMs: 5000,
     gapSlackMs: 200,
     failure: {
-      closeMismatchMs: 15,
+      closeMismatchMs: 2,
+      stallSuspectMs: 3,
       replyStallMs: 60,
       ackStallMs: 100,
+      probeTimeoutMs: 5,
+      replicaProbeBackoffs: 2,
       autoFailover: false,
-      probeOnClose: false,
+      probes: false,
     },
     lingerMs: 2000,
     portRange: [20000, 60999],
@@ -112,6 +130,8 @@ export type EngineEvent =
   | { type: "promoted"; replica: string; spliced: number; reset: number; dropped: number }
   | { type: "original-failure"; reason: string; conn: string; afterMs: number }
   | { type: "no-replica-left"; reason: string }
+  | { type: "probe-result"; target: string; alive: boolean; reason: string; afterMs: number }
+  | { type: "replica-failure"; replica: string; reason: string }
   | { type: "replica-added"; replica: string }
   | { type: "replica-removed"; replica: string };
 
@@ -121,8 +141,9 @@ export type EngineOutput =
   | { type: "event"; event: EngineEvent }
   /** The kernel must now fence `previous` and send new connections to `original`. */
   | { type: "promote"; replica: string; original: number; previous: number }
-  /** Check whether the original's service port still accepts connections; answer probeResult(). */
-  | { type: "probe"; reason: string };
+  /** Check whether `address`:port still accepts connections within `timeoutMs`; answer
+   * probeResult(id, ...). `target` is "original" or a replica id. */
+  | { type: "probe"; id: number; target: string; address: number; timeoutMs: number; reason: string };
 
 export interface ReplicaStats {
   id: string;
@@ -163,7 +184,17 @@ export interface EngineStats {
   bufferedBytes: number;
   outOfOrderRefusedBytes: number;
   captureGaps: number;
-  failures: { detected: number; promotions: number; original: string };
+  failures: {
+    detected: number;
+    promotions: number;
+    original: string;
+    /** Replicas that can still be promoted; 0 = the service runs unreplicated. */
+    replicasLeft: number;
+    replicasFailed: number;
+    probes: { sent: number; alive: number; dead: number };
+    /** Current adaptive thresholds (ms). */
+    thresholds: { stallSuspectMs: number; replyStallMs: number; probeTimeoutMs: number };
+  };
   closeHoldTimeouts: number;
   closesReleased: number;
   replicas: ReplicaStats[];

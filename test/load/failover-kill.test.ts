@@ -2,6 +2,7 @@
 // 20 connections each INCRementing its own counter through the VIP see a gap-free sequence and no
 // error; afterwards the new original and the remaining replica hold the same dataset.
 import t from "tap";
+import type { IncrLoopResult } from "../fixtures/incr-loop.js";
 import { fileURLToPath } from "node:url";
 import { inNs, sleep, waitReplicationIdle, withLab } from "../helpers.js";
 import { labKill } from "../../src/lab/lab.js";
@@ -22,7 +23,7 @@ for (const mode of ["process", "freeze", "link", "host"] as const) {
     await labKill(topo.name, "original", mode);
     const r = await loops;
     t.equal(r.code, 0, r.stderr);
-    const results = JSON.parse(r.stdout) as Array<{ key: string; n: number; last: number; errors: string[] }>;
+    const results = JSON.parse(r.stdout) as IncrLoopResult[];
     for (const l of results) t.same(l.errors, [], `${l.key}: ${l.n} INCRs, no error, no gap`);
     const stats = await queryStats(state.proxy!.statsSocket);
     t.equal(stats.engine.failures.promotions, 1, "one promotion");

@@ -2,18 +2,12 @@
 // promoted replica without a gap or an error, the old original is fenced, the remaining replica
 // keeps replicating, and new connections reach the new original.
 import t from "tap";
+import type { IncrLoopResult } from "../fixtures/incr-loop.js";
 import { fileURLToPath } from "node:url";
 import { CLI, inNs, sleep, waitReplicationIdle, withLab } from "../helpers.js";
 import { request } from "../../src/proxy/stats-client.js";
 
 const INCR = fileURLToPath(new URL("../fixtures/incr-loop.js", import.meta.url));
-
-interface Loop {
-  key: string;
-  n: number;
-  last: number;
-  errors: string[];
-}
 
 t.test("promote a replica under 20 INCR loops: no gap, no error", async (t) => {
   const state = await withLab(t, "promo", 2, "redis");
@@ -28,7 +22,7 @@ t.test("promote a replica under 20 INCR loops: no gap, no error", async (t) => {
   t.equal(report.reset, 0);
   const r = await loops;
   t.equal(r.code, 0, r.stderr);
-  const results = JSON.parse(r.stdout) as Loop[];
+  const results = JSON.parse(r.stdout) as IncrLoopResult[];
   for (const l of results) {
     t.same(l.errors, [], `${l.key}: no error, no gap (${l.n} INCRs)`);
   }

@@ -63,7 +63,7 @@ class Scenario {
   originalSent = 0;
   events: EngineEvent[] = [];
   promotions: Array<{ replica: string; original: number; previous: number }> = [];
-  probes: string[] = [];
+  probes: Array<{ id: number; target: string; reason: string; timeoutMs: number }> = [];
 
   constructor(cfg: EngineConfig = config(), replicas = [R1], isns = { client: 1000, original: 5000 }) {
     this.engine = new ReplicationEngine(cfg);
@@ -93,7 +93,7 @@ class Scenario {
       if (o.type === "send") out.push(o.segment);
       else if (o.type === "event") this.events.push(o.event);
       else if (o.type === "promote") this.promotions.push(o);
-      else this.probes.push(o.reason);
+      else this.probes.push(o);
     }
     return out;
   }
@@ -682,11 +682,11 @@ t.test("failure detection: the original closes alone", async (t) => {
   // The original's process dies: its kernel FINs the connection; the replica, caught up, does not.
   sc.original("", FIN | ACK);
   t.same(
-    sc.tick(10).filter((s) => s.dst === CLIENT),
+    sc.tick(1).filter((s) => s.dst === CLIENT),
     [],
     "held, not yet a failure",
   );
-  const out = sc.tick(6);
+  const out = sc.tick(1);
   t.match(
     sc.events.find((e) => e.type === "original-failure"),
     { reason: /closed a connection its replicas keep open/ },
@@ -748,39 +748,193 @@ t.test("no failure when the original is merely ahead or the replicas close with 
   sc.tick(100); // the replica is slow: no failure (the original is ahead, that is normal)
   sc.replica(R1, 0, "answer", 1);
   sc.original("", FIN | ACK);
-  sc.tick(5);
+  sc.tick(1); // within closeMismatchMs
   sc.replica(R1, 6, "", 1, FIN | ACK);
   sc.tick(100);
   t.equal(sc.events.filter((e) => e.type === "original-failure").length, 0);
 });
 
+/** An open connection with probes on: every replica answered the client's "q" with the
+ * original's "a". */
+function probing(replicas: number[], autoFailover = true): Scenario {
+  const cfg = config();
+  cfg.failure.autoFailover = autoFailover;
+  cfg.failure.probes = true;
+  const sc = new Scenario(cfg, replicas);
+  sc.open();
+  replicas.forEach((r, i) => sc.replicaSynAck(r, 1 + 8 * i));
+  sc.client("q");
+  sc.original("a");
+  for (const r of replicas) sc.replica(r, 0, "a", 1);
+  return sc;
+}
+
 t.test("closing alone is confirmed by a probe of the original's port", async (t) => {
   const setup = () => {
-    const cfg = config();
-    cfg.failure.autoFailover = true;
-    cfg.failure.probeOnClose = true;
-    const sc = new Scenario(cfg, [R1]);
-    sc.open();
-    sc.replicaSynAck(R1, 1);
-    sc.client("q");
-    sc.original("a");
-    sc.replica(R1, 0, "a", 1);
+    const sc = probing([R1]);
     sc.original("", FIN | ACK);
-    sc.tick(16);
+    sc.tick(1);
+    t.equal(sc.probes.length, 0, "no probe before closeMismatchMs");
+    sc.tick(1);
     return sc;
   };
   const alive = setup();
-  t.equal(alive.probes.length, 1, "a probe is asked for");
-  alive.engine.probeResult(true, alive.now);
+  t.match(alive.probes, [{ target: "original", timeoutMs: 5 }], "a probe is asked for");
+  alive.engine.probeResult(alive.probes[0]!.id, true, alive.now);
   alive.tick(50);
   t.equal(alive.engine.stats().failures.promotions, 0, "alive: a normal close, only the replica is slow");
-  t.equal(alive.probes.length, 1, "and the same connection is not probed again");
+  t.equal(alive.probes.length, 1, "and the same close is not probed again");
+  t.same(alive.engine.stats().failures.probes, { sent: 1, alive: 1, dead: 0 });
   const dead = setup();
-  dead.engine.probeResult(false, dead.now);
+  dead.engine.probeResult(dead.probes[0]!.id, false, dead.now);
   dead.drain();
   t.equal(dead.engine.stats().failures.promotions, 1, "refused: the original is dead, fail over");
   t.match(
     dead.events.find((e) => e.type === "original-failure"),
-    { reason: /service port is closed/ },
+    { reason: /probe of its service port: no answer/ },
+  );
+  dead.engine.probeResult(dead.probes[0]!.id, false, dead.now);
+  t.equal(dead.engine.stats().failures.promotions, 1, "a stale answer changes nothing");
+  t.match(
+    dead.events.filter((e) => e.type === "no-replica-left"),
+    [{ reason: /last replica/ }],
+    "promoting the last replica says the service runs unreplicated",
+  );
+  t.equal(dead.engine.stats().failures.replicasLeft, 0);
+});
+
+t.test("a stall is suspected after a few ms and confirmed by an unanswered probe", async (t) => {
+  const setup = () => {
+    const cfg = config();
+    cfg.failure.autoFailover = true;
+    cfg.failure.probes = true;
+    const sc = new Scenario(cfg, [R1]);
+    sc.open();
+    sc.replicaSynAck(R1, 1);
+    sc.client("INCR k\r\n");
+    sc.original(":1\r\n");
+    sc.replica(R1, 0, ":1\r\n", 8);
+    sc.tick(10); // the original has been silent 10 ms, but nothing is owed: no suspicion
+    t.equal(sc.probes.length, 0, "silence alone is not suspicious");
+    sc.client("INCR k\r\n", 4);
+    sc.replica(R1, 4, ":2\r\n", 16); // the original (unplugged) never answers
+    sc.tick(2);
+    t.equal(sc.probes.length, 0, "not before stallSuspectMs");
+    sc.tick(1);
+    return sc;
+  };
+  const dead = setup();
+  t.match(dead.probes, [{ target: "original", reason: /stopped answering|stopped acknowledging/ }]);
+  dead.engine.probeResult(dead.probes[0]!.id, false, dead.now);
+  const out = dead.drain();
+  t.equal(dead.engine.stats().failures.promotions, 1, "no answer: fail over now, not after replyStallMs");
+  t.ok(
+    out.some((s) => s.dst === CLIENT && text(s.payload) === ":2\r\n"),
+    "and the replica's answer goes to the client at once",
+  );
+  const frozen = setup();
+  frozen.engine.probeResult(frozen.probes[0]!.id, true, frozen.now);
+  frozen.tick(40);
+  t.equal(frozen.probes.length, 1, "kernel alive: the same stall is not probed again");
+  t.equal(frozen.engine.stats().failures.promotions, 0);
+  frozen.tick(20);
+  t.equal(frozen.engine.stats().failures.promotions, 1, "but the application stays silent: replyStallMs");
+});
+
+t.test("the suspicion threshold follows how far the original normally trails", async (t) => {
+  const cfg = config();
+  cfg.failure.probes = true;
+  const sc = new Scenario(cfg, [R1]);
+  sc.open();
+  sc.replicaSynAck(R1, 1);
+  t.equal(sc.engine.stats().failures.thresholds.stallSuspectMs, 3, "the floor before any sample");
+  const probedAt: number[] = [];
+  for (let i = 0; i < 30; i++) {
+    sc.client("q", i);
+    sc.replica(R1, i, "a", i + 1); // the replica answers first...
+    for (let k = 0; k < 8; k++) sc.tick(1); // ...and the original 8 ms later, every time
+    for (const p of sc.probes.splice(0)) {
+      probedAt.push(i);
+      sc.engine.probeResult(p.id, true, sc.now); // it is alive, only slower
+    }
+    sc.original("a");
+  }
+  const th = sc.engine.stats().failures.thresholds.stallSuspectMs;
+  t.ok(th >= 8, `threshold ${th} ms is above the usual 8 ms trail`);
+  t.ok(probedAt.length > 0 && probedAt.length < 10, `probed while learning (rounds ${probedAt.join(",")})`);
+  t.ok(
+    probedAt.every((i) => i < 10),
+    "once learnt, an original that always trails by 8 ms is not probed any more",
+  );
+  t.equal(sc.engine.stats().failures.promotions, 0);
+});
+
+t.test("a replica that resets alone and refuses a probe is removed; the others go on", async (t) => {
+  const sc = probing([R1, R2]);
+  // r1's service dies: its kernel resets the connection.
+  sc.replica(R1, 1, "", 1, RST | ACK);
+  sc.tick(1);
+  t.equal(sc.probes.length, 0);
+  sc.tick(1);
+  t.match(sc.probes, [{ target: "r1", reason: /reset a connection/ }]);
+  sc.engine.probeResult(sc.probes[0]!.id, false, sc.now);
+  sc.drain();
+  t.match(
+    sc.events.find((e) => e.type === "replica-failure"),
+    { replica: "r1" },
+  );
+  t.same(sc.engine.replicaIds(), ["r2"], "r1 removed");
+  t.equal(sc.engine.stats().failures.replicasFailed, 1);
+  t.equal(sc.engine.stats().failures.promotions, 0, "the original is untouched");
+  const out = sc.client("more", 1);
+  t.ok(
+    out.some((s) => s.dst === R2 && text(s.payload) === "more"),
+    "r2 keeps getting the client's bytes",
+  );
+  t.notOk(
+    out.some((s) => s.dst === R1 && s.payload.length > 0),
+    "r1 gets nothing more",
+  );
+  t.equal(sc.events.filter((e) => e.type === "no-replica-left").length, 0, "one replica is left");
+});
+
+t.test("a replica that stops acknowledging is probed; alive, it stays", async (t) => {
+  const cfg = config();
+  cfg.failure.probes = true;
+  const sc = new Scenario(cfg, [R1]);
+  sc.open();
+  sc.replicaSynAck(R1, 1);
+  sc.client("q");
+  sc.original("a");
+  // The replica never acknowledges "q": the RTO fires (200 ms initial), then again (400 ms).
+  sc.tick(201);
+  t.equal(sc.probes.length, 0, "one retransmission is not suspicious");
+  sc.tick(401);
+  t.match(sc.probes, [{ target: "r1", reason: /stopped acknowledging/ }]);
+  sc.engine.probeResult(sc.probes[0]!.id, true, sc.now);
+  sc.tick(1);
+  t.same(sc.engine.replicaIds(), ["r1"], "alive: not removed");
+  t.equal(sc.probes.length, 1);
+});
+
+t.test("the best replica is one whose shadows are open, not one that closed alone", async (t) => {
+  const sc = probing([R1, R2]);
+  t.equal(sc.engine.bestReplica(), "r1", "both faithful: lowest RTT (r1 answered its SYN first)");
+  // The original and r1 die together: both FIN; r2 does not.
+  sc.replica(R1, 1, "", 1, FIN | ACK);
+  sc.original("", FIN | ACK);
+  t.equal(sc.engine.bestReplica(), "r2");
+  sc.tick(2);
+  const probe = sc.probes.find((p) => p.target === "original");
+  t.ok(probe, "the original is probed");
+  sc.engine.probeResult(probe!.id, false, sc.now);
+  const out = sc.drain();
+  t.match(
+    sc.events.find((e) => e.type === "promoted"),
+    { replica: "r2", spliced: 1, reset: 0 },
+  );
+  t.notOk(
+    out.some((s) => s.dst === CLIENT && s.flags & FIN),
+    "no FIN reaches the client: neither the original's nor r1's",
   );
 });
