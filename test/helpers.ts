@@ -6,10 +6,11 @@ import { fileURLToPath } from "node:url";
 import { join } from "node:path";
 import type { Test } from "tap";
 import { run, runStatus } from "../src/sys/command.js";
-import { labDown, labUp, runDir, type LabState } from "../src/lab/lab.js";
-import type { ServiceKind } from "../src/lab/topology.js";
+import { labDown, labUp, runDir, type LabState, type LabUpOptions } from "../src/lab/lab.js";
+import type { LabTopology, ServiceKind } from "../src/lab/topology.js";
 import { queryStats } from "../src/proxy/stats-client.js";
 import type { ProxyStats } from "../src/proxy/proxy.js";
+import type { IncrLoopResult } from "./fixtures/incr-loop.js";
 
 export const CLI = fileURLToPath(new URL("../src/cli/main.js", import.meta.url));
 
@@ -23,7 +24,8 @@ export function uniqueLabName(tag: string): string {
 /**
  * A lab taken down whatever happens. Replication tests run it with automatic failover off so a
  * spurious failure signal cannot change what they measure (the signal is still counted in the
- * proxy's statistics); failover tests turn it on.
+ * proxy's statistics); failover tests turn it on. `options` go to the proxy as they are (health
+ * check, detection thresholds).
  */
 export async function withLab(
   t: Test,
@@ -31,12 +33,13 @@ export async function withLab(
   replicas: number,
   service: ServiceKind,
   autoFailover = false,
+  options: Pick<LabUpOptions, "healthCheck" | "failure"> = {},
 ): Promise<LabState> {
   const name = uniqueLabName(tag);
   t.teardown(async () => {
     await labDown(name);
   });
-  return labUp({ name, replicas, service, autoFailover });
+  return labUp({ name, replicas, service, autoFailover, ...options });
 }
 
 export interface CliResult {
@@ -130,4 +133,46 @@ export async function proxyLogEvents<T = Record<string, unknown>>(
     }
   }
   return events;
+}
+
+const INCR = fileURLToPath(new URL("./fixtures/incr-loop.js", import.meta.url));
+
+/** `connections` INCR loops through the lab's VIP for `seconds`, run from the client namespace
+ * (test/fixtures/incr-loop.ts); killed after `timeoutMs` (then they report nothing). */
+export function incrLoops(
+  topo: LabTopology,
+  connections: number,
+  seconds: number,
+  prefix = "",
+  timeoutMs = 60_000,
+) {
+  return inNs(
+    topo.client.namespace,
+    [process.execPath, INCR, topo.appliance.vip, String(connections), String(seconds), prefix],
+    timeoutMs,
+  );
+}
+
+/** Asserts that INCR loops exited 0, all `connections` reported, and none saw an error or a gap. */
+export function checkIncrLoops(
+  t: Test,
+  r: { code: number; stdout: string; stderr: string },
+  connections: number,
+  what = "loops",
+): IncrLoopResult[] {
+  t.equal(r.code, 0, `${what} exited 0 ${r.stderr.trim()}`);
+  let results: IncrLoopResult[] = [];
+  try {
+    results = JSON.parse(r.stdout) as IncrLoopResult[];
+  } catch {
+    t.fail(`${what} printed no report: ${JSON.stringify(r.stdout.slice(0, 200))}`);
+  }
+  t.equal(results.length, connections, `${what}: ${connections} loops reported`);
+  for (const l of results) t.same(l.errors, [], `${l.key}: ${l.n} INCRs, no error, no gap`);
+  return results;
+}
+
+/** A Redis dataset's DEBUG DIGEST, asked inside a backend's namespace. */
+export async function redisDigest(namespace: string): Promise<string> {
+  return (await inNs(namespace, ["redis-cli", "DEBUG", "DIGEST"])).stdout.trim();
 }

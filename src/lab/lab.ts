@@ -301,7 +301,7 @@ async function startProxy(
         replicationAddress: t.appliance.replicationAddress,
         replicas: t.replicas.map((r) => ({ id: r.role, address: r.address })),
         statsSocket,
-        logLevel: "info",
+        logLevel: process.env.TCP_REPLICATOR_LAB_LOG_LEVEL ?? "info",
         autoFailover,
         ...(opts.healthCheck
           ? { healthCheck: { ...HEALTH_CHECKS[t.service], timeoutMs: opts.healthCheck.timeoutMs } }

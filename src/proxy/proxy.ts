@@ -142,6 +142,8 @@ export class Proxy {
   }
 
   private drainOutputs(): void {
+    // Before the first send: a promotion's splice sends come out of the engine before its event.
+    const drainedAt = performance.timeOrigin + performance.now();
     for (const o of this.engine.drain()) {
       if (o.type === "send") {
         this.injector?.send(o.segment);
@@ -165,7 +167,7 @@ export class Proxy {
         this.log.debug(o.event, o.event.type); // the probe itself logged why
       } else if (o.event.type === "promoted") {
         // Wall-clock time with sub-ms precision: benchmarks line it up with client-side times.
-        this.log.info({ ...o.event, at: performance.timeOrigin + performance.now() }, o.event.type);
+        this.log.info({ ...o.event, at: drainedAt }, o.event.type);
       } else if (o.event.type === "unverified") {
         this.log.info(o.event, o.event.type);
       } else {

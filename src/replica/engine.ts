@@ -87,6 +87,10 @@ export class ReplicatedConnection {
   /** Reply offset up to which bytes were sent to the client (data units; FIN not included). */
   sentToClient = 0;
   spliceFinSent = false;
+  /** When the spliced replica's FIN arrived: held while other replicas keep the connection open
+   * (the new original may be dying), like the first original's close. */
+  spliceFinSince: number | undefined;
+  spliceFinReleased = false;
   /** Client-space ACK (offset) last sent to the client on the replica's behalf. */
   ackToClient = -1;
   /** When the kernel path's SYN to the original was seen (handshake RTT to the original). */
@@ -95,6 +99,8 @@ export class ReplicatedConnection {
   replyAheadSince: number | undefined;
   /** Since when client bytes a replica acknowledged await the original's acknowledgement. */
   ackBehindSince: number | undefined;
+  /** Since when client bytes await the original's acknowledgement (replicas or not). */
+  unackedSince: number | undefined;
   /** Reset toward the client, waiting for its challenge ACK if the first RST missed (RFC 5961). */
   resetting = false;
 
@@ -406,7 +412,8 @@ export class ReplicationEngine {
         const g = this.checkGaps(conn, now);
         if (g !== undefined) want(g);
       }
-      if (!failed && !this.failureSignaled) {
+      if (!failed) {
+        // Also after a signal: it releases held closes of spliced connections in time.
         const f = this.detectFailure(conn, now, want);
         if (f.verdict === "failed") failed = f;
         else if (f.verdict === "suspect") suspect ??= f;
@@ -453,8 +460,9 @@ export class ReplicationEngine {
    * port or no answer confirms); "failed": no doubt left. Reports when to look again via `want`.
    */
   private detectFailure(conn: ReplicatedConnection, now: number, want: (t: number) => void): Verdict {
-    if (conn.phase !== "open" || conn.spliced) return { verdict: "none" };
+    if (conn.phase !== "open") return { verdict: "none" };
     const f = this.config.failure;
+    if (conn.spliced) return this.detectSplicedClose(conn, conn.spliced, now, want);
     const healthy = [...conn.shadows.values()].filter((s) => s.comparing);
     if (healthy.length === 0) return { verdict: "none" };
     const aliveAt = this.aliveAt.get("original") ?? -Infinity;
@@ -496,6 +504,8 @@ export class ReplicationEngine {
       healthy.some((s) => Math.max(0, s.sndUna) > conn.originalAckOffset);
     if (behind) conn.ackBehindSince ??= now;
     else conn.ackBehindSince = undefined;
+    if (conn.client.end > conn.originalAckOffset) conn.unackedSince ??= now;
+    else conn.unackedSince = undefined;
     const silentAny = this.silentMs(this.lastFromOriginal, now);
     const silentData = this.silentMs(this.lastDataFromOriginal, now);
     const suspectMs = this.stallSuspectMs();
@@ -512,13 +522,16 @@ export class ReplicationEngine {
         silentAny,
         "the original stopped acknowledging what the replicas acknowledge",
       ],
+      // Only a suspicion (a probe decides): it needs no replica to have answered yet, so an
+      // engine running behind its replicas does not delay the detection.
+      [conn.unackedSince, Infinity, silentAny, "the original stopped acknowledging the client's bytes"],
     ];
     let suspicion: Verdict = { verdict: "none" };
     for (const [since, limit, silent, reason] of stalls) {
       if (since === undefined) continue;
       if (now - since >= limit && silent >= limit)
         return { verdict: "failed", reason, conn, afterMs: now - since };
-      want(Math.max(since + limit, now + Math.max(0, limit - silent)));
+      if (limit !== Infinity) want(Math.max(since + limit, now + Math.max(0, limit - silent)));
       // A suspicion the last probe already answered is not asked again; nor, to bound what probes
       // cost a slow original, more often than every STALL_PROBE_INTERVAL_MS.
       if (!f.probes || since <= aliveAt) continue;
@@ -533,11 +546,59 @@ export class ReplicationEngine {
     return suspicion;
   }
 
-  /** The stall suspicion threshold: how far the original normally trails, bounded below. */
+  /**
+   * A spliced connection's new original (the promoted replica) closed it: its FIN waits while
+   * another replica, caught up with the client's bytes, keeps the connection open, up to finHoldMs
+   * after the last progress (then it goes out). Still open after closeMismatchMs: the current
+   * original is suspected (probe). If it fails over, the connection is reset: never closed as if
+   * the service had finished.
+   */
+  private detectSplicedClose(
+    conn: ReplicatedConnection,
+    s: ShadowConversation,
+    now: number,
+    want: (t: number) => void,
+  ): Verdict {
+    const since = conn.spliceFinSince;
+    if (since === undefined || conn.spliceFinSent || conn.spliceFinReleased) return { verdict: "none" };
+    const other = this.survivor(conn, s);
+    if (!other) {
+      this.forwardToClient(conn, s, undefined, 0);
+      return { verdict: "none" };
+    }
+    const release = Math.max(since, other.lastProgressAt) + this.config.finHoldMs;
+    if (now >= release) {
+      conn.spliceFinReleased = true;
+      this.forwardToClient(conn, s, undefined, 0);
+      return { verdict: "none" };
+    }
+    want(release);
+    const f = this.config.failure;
+    const caughtUp = Math.max(0, other.sndUna) >= Math.max(0, s.sndUna);
+    if (!caughtUp || since <= (this.aliveAt.get("original") ?? -Infinity)) return { verdict: "none" };
+    if (now - since < f.closeMismatchMs) {
+      want(since + f.closeMismatchMs);
+      return { verdict: "none" };
+    }
+    const reason = `${CLOSE_ALONE} (closed after a promotion)`;
+    return { verdict: f.probes ? "suspect" : "failed", reason, conn, afterMs: now - since };
+  }
+
+  /** Another replica still holding `conn` open (the caught-up one first). */
+  private survivor(conn: ReplicatedConnection, s: ShadowConversation): ShadowConversation | undefined {
+    let found: ShadowConversation | undefined;
+    for (const x of conn.shadows.values()) {
+      if (x === s || !x.live || x.replicaRst || x.replicaFinOffset !== undefined) continue;
+      if (Math.max(0, x.sndUna) >= Math.max(0, s.sndUna)) return x;
+      found ??= x;
+    }
+    return found;
+  }
+
+  /** The stall suspicion threshold: derived from the RTT to the original (a probe confirms, so
+   * a wrong suspicion only costs a connection attempt), bounded below. */
   private stallSuspectMs(): number {
-    const lag =
-      this.originalLag.meanMs === undefined ? 0 : this.originalLag.meanMs + 2 * this.originalLag.devMs;
-    return Math.max(this.config.failure.stallSuspectMs, 2 * this.originalRtt.bound(4, 0), lag);
+    return Math.max(this.config.failure.stallSuspectMs, 2 * this.originalRtt.bound(4, 0));
   }
 
   /** A stall no probe confirmed (the kernel answers, the application does not): at least the
@@ -874,6 +935,7 @@ export class ReplicationEngine {
       const off = toOffset(seg.seq, conn.clientIsn, conn.client.end);
       const grew = conn.client.write(off, seg.payload);
       this.counters.clientBytes += grew;
+      if (conn.client.end > conn.originalAckOffset) conn.unackedSince ??= now;
       if (seg.flags & FIN && conn.clientFinOffset === undefined)
         conn.clientFinOffset = off + seg.payload.length;
     }
@@ -1015,6 +1077,7 @@ export class ReplicationEngine {
     if (seg.flags & ACK) {
       const ackOff = toOffset(seg.ack, conn.clientIsn, conn.originalAckOffset);
       if (ackOff > conn.originalAckOffset) conn.originalAckOffset = ackOff;
+      if (conn.originalAckOffset >= conn.client.end) conn.unackedSince = undefined;
       const clientEnd = conn.client.end + (conn.clientFinReady ? 1 : 0);
       if (conn.originalAckOffset > clientEnd && !conn.captureGap) {
         this.suspectGap(conn, "client", conn.originalAckOffset, now);
@@ -1186,7 +1249,8 @@ export class ReplicationEngine {
       if (s.replicaFinOffset === undefined) {
         s.replicaFinOffset = finOff;
         s.lastProgressAt = now;
-        if (conn.spliced !== s && !conn.held && conn.originalFinOffset === undefined)
+        if (conn.spliced === s) conn.spliceFinSince = now;
+        else if (!conn.held && conn.originalFinOffset === undefined)
           this.suspectReplica(s, now, "fin", "closed a connection the original keeps open", conn);
       } else duplicate = true;
       this.checkRelease(conn, now);
@@ -1930,7 +1994,12 @@ export class ReplicationEngine {
       conn.sentToClient = verified;
     }
     let acked = false;
-    if (s.replicaFinOffset !== undefined && conn.sentToClient === s.replicaFinOffset && !conn.spliceFinSent) {
+    if (
+      s.replicaFinOffset !== undefined &&
+      conn.sentToClient === s.replicaFinOffset &&
+      !conn.spliceFinSent &&
+      (conn.spliceFinReleased || this.survivor(conn, s) === undefined)
+    ) {
       conn.spliceFinSent = true;
       this.out.push({
         type: "send",
