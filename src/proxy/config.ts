@@ -41,6 +41,7 @@ export interface FailureTuning {
   replyStallMs: number;
   ackStallMs: number;
   probeTimeoutMs: number;
+  probeIntervalMs: number;
 }
 
 export interface HealthCheck {
@@ -55,6 +56,7 @@ const FAILURE_DEFAULTS: FailureTuning = {
   replyStallMs: 60,
   ackStallMs: 100,
   probeTimeoutMs: 5,
+  probeIntervalMs: 500,
 };
 
 const KNOWN = new Set([
@@ -166,6 +168,7 @@ export function parseProxyConfig(raw: unknown): ProxyConfig {
     replyStallMs: int(fr, "replyStallMs", 1, 600_000, FAILURE_DEFAULTS.replyStallMs),
     ackStallMs: int(fr, "ackStallMs", 1, 600_000, FAILURE_DEFAULTS.ackStallMs),
     probeTimeoutMs: int(fr, "probeTimeoutMs", 1, 60_000, FAILURE_DEFAULTS.probeTimeoutMs),
+    probeIntervalMs: int(fr, "probeIntervalMs", 0, 3_600_000, FAILURE_DEFAULTS.probeIntervalMs),
   };
   let healthCheck: HealthCheck | undefined;
   if (r.healthCheck !== undefined) {

@@ -31,6 +31,7 @@ const CLOSE_ALONE = "the original closed a connection its replicas keep open";
 /** Stall suspicions probe the original at most this often (closes and dead answers are not
  * limited): an original that often trails its replicas costs at most 50 connections a second. */
 const STALL_PROBE_INTERVAL_MS = 20;
+const PERIODIC = "periodic probe";
 
 /** Stream offset of `seq` for a stream whose first data byte is isn+1, nearest to `ref`. */
 export function toOffset(seq: number, isn: number, ref: number): number {
@@ -173,6 +174,8 @@ interface ReplicaCounters {
 /** A probe asked of the I/O edge, not answered yet. */
 interface PendingProbe {
   target: string;
+  /** Asked without evidence: an evidence-based probe does not wait for it. */
+  periodic: boolean;
   sentAt: number;
   reason: string;
 }
@@ -224,6 +227,8 @@ export class ReplicationEngine {
   private originalRtt = new DelayEstimator();
   private replicasFailed = 0;
   private lastStallProbeAt = -Infinity;
+  /** When each target was last probed (periodic probes count from there). */
+  private readonly lastProbeAt = new Map<string, number>();
   /** A failure of the current original was signalled already. */
   private failureSignaled = false;
 
@@ -304,6 +309,7 @@ export class ReplicationEngine {
     if (!this.replicas.has(id)) throw new Error(`no replica ${id}`);
     for (const [k, p] of this.probes) if (p.target === id) this.probes.delete(k);
     this.aliveAt.delete(id);
+    this.lastProbeAt.delete(id);
     for (const c of this.conns.values()) {
       const s = c.shadows.get(id);
       if (!s) continue;
@@ -443,6 +449,7 @@ export class ReplicationEngine {
       }
     }
     this.checkReplicas(now, want);
+    this.periodicProbes(now, want);
     if (this.failureSignaled) return next;
     if (failed?.verdict === "failed") {
       this.originalFailed(failed.reason, failed.conn.id, failed.afterMs, now);
@@ -630,6 +637,25 @@ export class ReplicationEngine {
     return now - last.at;
   }
 
+  /** Probes every backend each probeIntervalMs, evidence or not (idle services fail too). */
+  private periodicProbes(now: number, want: (t: number) => void): void {
+    const f = this.config.failure;
+    if (!f.probes || f.probeIntervalMs <= 0) return;
+    const due = (target: string) => {
+      const at = (this.lastProbeAt.get(target) ?? -Infinity) + f.probeIntervalMs;
+      if (now >= at) return true;
+      want(at);
+      return false;
+    };
+    if (!this.failureSignaled && due("original"))
+      this.requestProbe("original", this.original, PERIODIC, now, 4 * this.probeTimeoutMs());
+    for (const r of this.replicas.values()) {
+      if (r.promoted || !due(r.info.id)) continue;
+      const timeout = 4 * Math.max(f.probeTimeoutMs, 4 * (r.lastSrttMs ?? 0));
+      this.requestProbe(r.info.id, r.info.address, `replica ${r.info.id}: ${PERIODIC}`, now, timeout);
+    }
+  }
+
   /** Asks the I/O edge to probe `target` unless a probe of it is under way already. */
   private requestProbe(
     target: string,
@@ -638,9 +664,14 @@ export class ReplicationEngine {
     now: number,
     timeoutMs: number,
   ): void {
-    for (const p of this.probes.values()) if (p.target === target) return;
+    const periodic = reason.endsWith(PERIODIC);
+    for (const p of this.probes.values()) {
+      // Evidence does not wait for a periodic probe's longer deadline; anything else waits.
+      if (p.target === target && (!p.periodic || periodic)) return;
+    }
+    this.lastProbeAt.set(target, now);
     const id = this.nextProbeId++;
-    this.probes.set(id, { target, sentAt: now, reason });
+    this.probes.set(id, { target, sentAt: now, reason, periodic });
     this.probeCounters.sent++;
     this.out.push({ type: "probe", id, target, address, timeoutMs: Math.ceil(timeoutMs), reason });
   }
@@ -1875,6 +1906,7 @@ export class ReplicationEngine {
     this.failureSignaled = false;
     for (const [k, p] of this.probes) if (p.target === "original") this.probes.delete(k);
     this.aliveAt.delete("original");
+    this.lastProbeAt.delete("original");
     this.originalLag = new DelayEstimator();
     this.originalRtt = new DelayEstimator();
     this.lastFromOriginal = undefined;

@@ -58,6 +58,10 @@ export interface EngineConfig {
     ackStallMs: number;
     /** Floor of the probe timeout; the timeout is max(floor, 4 × the path's RTT bound). */
     probeTimeoutMs: number;
+    /** Every backend (original and replicas) is also probed this often without any evidence, so
+     * a failure is found even when no client is talking (0: off). Such probes get 4 × the probe
+     * timeout: with nothing else pointing at a failure, a slow answer is not one. */
+    probeIntervalMs: number;
     /** A replica whose retransmission timer fired this many times in a row without an ACK is
      * probed. */
     replicaProbeBackoffs: number;
@@ -101,6 +105,7 @@ export function defaultConfig(
       replyStallMs: 60,
       ackStallMs: 100,
       probeTimeoutMs: 5,
+      probeIntervalMs: 0,
       replicaProbeBackoffs: 2,
       autoFailover: false,
       probes: false,

@@ -17,6 +17,24 @@ t.test("a valid config gets defaults", async (t) => {
   t.equal(c.limits.perConnectionBytes, 8 * 1024 * 1024);
   t.equal(c.finHoldMs, 2000);
   t.equal(parseProxyConfig({ ...good, limits: { maxConnections: 5 } }).limits.maxConnections, 5);
+  t.same(c.failure, {
+    closeMismatchMs: 2,
+    stallSuspectMs: 3,
+    replyStallMs: 60,
+    ackStallMs: 100,
+    probeTimeoutMs: 5,
+    probeIntervalMs: 500,
+  });
+  t.equal(c.healthCheck, undefined, "no health check unless configured");
+  const tuned = parseProxyConfig({
+    ...good,
+    failure: { stallSuspectMs: 10, probeIntervalMs: 0 },
+    healthCheck: { send: "PING\r\n", expect: "+PONG" },
+  });
+  t.equal(tuned.failure.stallSuspectMs, 10);
+  t.equal(tuned.failure.probeIntervalMs, 0, "periodic probes off");
+  t.equal(tuned.failure.replyStallMs, 60, "the rest keeps its default");
+  t.same(tuned.healthCheck, { send: "PING\r\n", expect: "+PONG", timeoutMs: 10 });
 });
 
 t.test("bad configs are refused with the field's name", async (t) => {
@@ -43,6 +61,17 @@ t.test("bad configs are refused with the field's name", async (t) => {
     [{ ...good, limits: { bogus: 1 } }, /limits: unknown field "bogus"/],
     [{ ...good, logLevel: "loud" }, /logLevel/],
     [{ ...good, table: "drop table" }, /table/],
+    [{ ...good, failure: [] }, /failure: expected an object/],
+    [{ ...good, failure: { stallSuspectMs: 0 } }, /stallSuspectMs: expected an integer from 1/],
+    [{ ...good, failure: { probeTimeoutMs: 2.5 } }, /probeTimeoutMs/],
+    [{ ...good, failure: { detectFast: true } }, /failure: unknown field "detectFast"/],
+    [{ ...good, healthCheck: { send: "PING" } }, /expect: expected a string/],
+    [{ ...good, healthCheck: { send: "", expect: "x" } }, /send: expected a string of 1/],
+    [{ ...good, healthCheck: { send: "a", expect: "b", timeoutMs: 0 } }, /timeoutMs/],
+    [
+      { ...good, healthCheck: { send: "a", expect: "b", retries: 3 } },
+      /healthCheck: unknown field "retries"/,
+    ],
   ];
   for (const [raw, message] of cases) {
     t.throws(() => parseProxyConfig(raw), { name: "Error", message }, JSON.stringify(raw)?.slice(0, 80));

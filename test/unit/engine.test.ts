@@ -898,6 +898,46 @@ t.test("after a promotion, the new original's close waits for the other replicas
   );
 });
 
+t.test("periodic probes find failures when no client is talking", async (t) => {
+  const cfg = config();
+  cfg.failure.autoFailover = true;
+  cfg.failure.probes = true;
+  cfg.failure.probeIntervalMs = 500;
+  const sc = new Scenario(cfg, [R1, R2]);
+  sc.tick(1);
+  t.match(
+    sc.probes.map((p) => [p.target, p.timeoutMs]),
+    [
+      ["original", 20],
+      ["r1", 20],
+      ["r2", 20],
+    ],
+    "every backend, with 4 × the probe timeout",
+  );
+  for (const p of sc.probes.splice(0)) sc.engine.probeResult(p.id, p.target !== "r2", sc.now);
+  sc.drain();
+  t.same(sc.engine.replicaIds(), ["r1"], "a replica that does not answer is removed");
+  sc.tick(100);
+  t.equal(sc.probes.length, 0, "nothing before the interval");
+  sc.tick(400);
+  t.same(
+    sc.probes.map((p) => p.target),
+    ["original", "r1"],
+  );
+  const original = sc.probes.find((p) => p.target === "original")!;
+  sc.engine.probeResult(original.id, false, sc.now, "ECONNREFUSED");
+  sc.drain();
+  t.match(
+    sc.events.find((e) => e.type === "original-failure"),
+    { reason: /periodic probe; probe of its service port: ECONNREFUSED/ },
+  );
+  t.equal(sc.engine.stats().failures.promotions, 1, "the idle service fails over to r1");
+  t.match(
+    sc.events.filter((e) => e.type === "no-replica-left"),
+    [{ reason: /r1 was the last replica/ }],
+  );
+});
+
 t.test("the unconfirmed stall threshold follows how far the original normally trails", async (t) => {
   const sc = probing([R1], true);
   t.equal(sc.engine.stats().failures.thresholds.replyStallMs, 60, "the floor before any sample");
