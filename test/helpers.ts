@@ -1,12 +1,13 @@
 // Shared helpers for tests that drive real labs. Every lab gets a name unique to the test process,
 // and is taken down in a teardown that runs whether the test passed or failed.
 import { spawn } from "node:child_process";
-import { readFile, readdir, stat } from "node:fs/promises";
+import { copyFile, readFile, readdir, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { fileURLToPath } from "node:url";
 import { join } from "node:path";
 import type { Test } from "tap";
 import { run, runStatus } from "../src/sys/command.js";
-import { labDown, labUp, runDir, type LabState, type LabUpOptions } from "../src/lab/lab.js";
+import { labDir, labDown, labUp, runDir, type LabState, type LabUpOptions } from "../src/lab/lab.js";
 import type { LabTopology, ServiceKind } from "../src/lab/topology.js";
 import { queryStats } from "../src/proxy/stats-client.js";
 import type { ProxyStats } from "../src/proxy/proxy.js";
@@ -37,6 +38,14 @@ export async function withLab(
 ): Promise<LabState> {
   const name = uniqueLabName(tag);
   t.teardown(async () => {
+    // A failed test's proxy log outlives the lab: it is the evidence of what the appliance did.
+    if (!t.passing()) {
+      const kept = join(tmpdir(), `${name}-proxy.log`);
+      await copyFile(join(labDir(name), "proxy.log"), kept).then(
+        () => console.error(`# ${t.name}: the proxy's log is kept in ${kept}`),
+        () => undefined,
+      );
+    }
     await labDown(name);
   });
   return labUp({ name, replicas, service, autoFailover, ...options });
@@ -116,23 +125,27 @@ export function cliIn(namespace: string, args: string[], timeoutMs = 300_000) {
   return inNs(namespace, [process.execPath, CLI, ...args], timeoutMs);
 }
 
-/** The engine events of one type that a lab's proxy logged (pino JSON lines in its log file). */
-export async function proxyLogEvents<T = Record<string, unknown>>(
+/** The lines a lab's proxy logged (pino JSON lines in its log file) that `keep` accepts. */
+export async function proxyLogLines<T = Record<string, unknown>>(
   logPath: string,
-  type: string,
+  keep: (line: { type?: unknown; level?: unknown; msg?: unknown }) => boolean,
 ): Promise<T[]> {
   const text = await readFile(logPath, "utf8").catch(() => "");
-  const events: T[] = [];
+  const lines: T[] = [];
   for (const line of text.split("\n")) {
-    if (!line.includes(`"type":"${type}"`)) continue;
     try {
       const o = JSON.parse(line) as { type?: unknown };
-      if (o.type === type) events.push(o as T);
+      if (keep(o)) lines.push(o as T);
     } catch {
       // not a JSON line (e.g. a crash message)
     }
   }
-  return events;
+  return lines;
+}
+
+/** The engine events of one type that a lab's proxy logged. */
+export function proxyLogEvents<T = Record<string, unknown>>(logPath: string, type: string): Promise<T[]> {
+  return proxyLogLines<T>(logPath, (o) => o.type === type);
 }
 
 const INCR = fileURLToPath(new URL("./fixtures/incr-loop.js", import.meta.url));

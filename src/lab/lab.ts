@@ -87,7 +87,9 @@ async function loadState(name: string): Promise<LabState> {
 }
 
 async function saveState(state: LabState): Promise<void> {
-  const tmp = `${statePath(state.topology.name)}.tmp`;
+  // A private temporary name: two commands on one lab (two kills at once) must not take each
+  // other's file away before the rename.
+  const tmp = `${statePath(state.topology.name)}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
   await writeFile(tmp, JSON.stringify(state, null, 2));
   await run(["mv", "-f", tmp, statePath(state.topology.name)]);
 }

@@ -148,7 +148,7 @@ export class Proxy {
       if (o.type === "send") {
         this.injector?.send(o.segment);
       } else if (o.type === "probe") {
-        this.probe(o.id, o.target, formatIPv4(o.address), o.timeoutMs, o.reason);
+        this.probe(o.id, o.target, formatIPv4(o.address), o.timeoutMs, o.reason, o.periodic);
       } else if (o.type === "promote") {
         this.retarget(formatIPv4(o.original), formatIPv4(o.previous));
       } else if (
@@ -184,12 +184,23 @@ export class Proxy {
    * after the event loop polled for I/O once more (setImmediate): a busy loop never mistakes an
    * answer it has not read yet for silence.
    */
-  private probe(id: number, target: string, address: string, timeoutMs: number, reason: string): void {
+  private probe(
+    id: number,
+    target: string,
+    address: string,
+    timeoutMs: number,
+    reason: string,
+    periodic: boolean,
+  ): void {
     const check = this.config.healthCheck;
-    const sock = connect({ host: address, port: this.config.port });
     const started = performance.now();
+    // Capture times are CLOCK_REALTIME µs: Date.now() reads the same clock (performance.timeOrigin
+    // plus a monotonic offset drifts from it over hours). The engine waits for captures to pass it.
+    const sentUs = Date.now() * 1000;
+    const sock = connect({ host: address, port: this.config.port });
     let done = false;
     let timer: NodeJS.Timeout | undefined;
+    let handshakeMs: number | undefined;
     const deadline = (ms: number, why: string) => {
       clearTimeout(timer);
       timer = setTimeout(() => setImmediate(() => answer(false, why)), ms);
@@ -202,13 +213,14 @@ export class Proxy {
       const ms = performance.now() - started;
       if (alive) this.log.debug({ target, address, why, ms, reason }, "probe answered");
       else this.log.warn({ target, address, why, ms, reason }, "probe failed");
-      this.engine.probeResult(id, alive, performance.now(), why);
+      this.engine.probeResult(id, alive, performance.now(), why, sentUs, handshakeMs);
       this.flush();
     };
     deadline(timeoutMs, "no answer to the handshake");
     sock.once("connect", () => {
+      handshakeMs = performance.now() - started;
       if (!check) return answer(true, "connected");
-      deadline(check.timeoutMs, "no answer to the health check");
+      deadline(check.timeoutMs * (periodic ? 4 : 1), "no answer to the health check");
       let got = "";
       sock.setEncoding("latin1");
       sock.on("data", (d: string) => {

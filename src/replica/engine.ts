@@ -32,6 +32,8 @@ const CLOSE_ALONE = "the original closed a connection its replicas keep open";
  * limited): an original that often trails its replicas costs at most 50 connections a second. */
 const STALL_PROBE_INTERVAL_MS = 20;
 const PERIODIC = "periodic probe";
+/** A dead probe answer waits at most this long for the capture channels. */
+const CATCH_UP_MS = 5;
 
 /** Stream offset of `seq` for a stream whose first data byte is isn+1, nearest to `ref`. */
 export function toOffset(seq: number, isn: number, ref: number): number {
@@ -227,6 +229,13 @@ export class ReplicationEngine {
   private originalRtt = new DelayEstimator();
   private replicasFailed = 0;
   private lastStallProbeAt = -Infinity;
+  /** Dead probe answers waiting for the capture channels to catch up (see settleVerdicts). */
+  private readonly deadVerdicts: Array<{
+    probe: PendingProbe;
+    why: string;
+    sentUs: number | undefined;
+    receivedAt: number;
+  }> = [];
   /** When each target was last probed (periodic probes count from there). */
   private readonly lastProbeAt = new Map<string, number>();
   /** A failure of the current original was signalled already. */
@@ -448,6 +457,7 @@ export class ReplicationEngine {
         want(end);
       }
     }
+    this.settleVerdicts(now, want);
     this.checkReplicas(now, want);
     this.periodicProbes(now, want);
     if (this.failureSignaled) return next;
@@ -673,7 +683,7 @@ export class ReplicationEngine {
     const id = this.nextProbeId++;
     this.probes.set(id, { target, sentAt: now, reason, periodic });
     this.probeCounters.sent++;
-    this.out.push({ type: "probe", id, target, address, timeoutMs: Math.ceil(timeoutMs), reason });
+    this.out.push({ type: "probe", id, target, address, timeoutMs: Math.ceil(timeoutMs), reason, periodic });
   }
 
   /**
@@ -681,10 +691,19 @@ export class ReplicationEngine {
    * Alive: the evidence so far is explained (a normal close, a slow answer) and is not probed
    * again. Dead (refused, unreachable, no answer): the original fails over, a replica is removed.
    */
-  probeResult(id: number, alive: boolean, now: number, why = "no answer"): void {
+  probeResult(
+    id: number,
+    alive: boolean,
+    now: number,
+    why = "no answer",
+    sentUs?: number,
+    handshakeMs?: number,
+  ): void {
     const p = this.probes.get(id);
     if (!p) return;
     this.probes.delete(id);
+    // Periodic probes keep the RTT bound (hence the probe timeout) current under load.
+    if (p.target === "original" && handshakeMs !== undefined) this.originalRtt.add(handshakeMs);
     this.event({ type: "probe-result", target: p.target, alive, reason: p.reason, afterMs: now - p.sentAt });
     if (alive) {
       this.probeCounters.alive++;
@@ -694,11 +713,37 @@ export class ReplicationEngine {
       return;
     }
     this.probeCounters.dead++;
-    if (p.target === "original") {
-      if (!this.failureSignaled)
-        this.originalFailed(`${p.reason}; probe of its service port: ${why}`, "", now - p.sentAt, now);
-    } else {
-      this.replicaFailed(p.target, `${p.reason}; probe of its service port: ${why}`);
+    // The answer came on its own path: segments captured before the probe may still be on their
+    // way through the capture channels (a replica that reset every connection a moment earlier
+    // must not be chosen for the promotion). The verdict waits until every channel delivered
+    // something captured after the probe was sent (`sentUs`, wall clock like capture times):
+    // channels are FIFO, so everything before it is in. The probe's own packets (its SYN on the
+    // client channel, the answer on the backend one) make sure something comes.
+    this.deadVerdicts.push({ probe: p, why, sentUs, receivedAt: now });
+    this.settleVerdicts(now, () => undefined);
+  }
+
+  /** Acts on dead probe answers once every capture channel has delivered what was captured
+   * before the probe (or CATCH_UP_MS passed). */
+  private settleVerdicts(now: number, want: (t: number) => void): void {
+    while (this.deadVerdicts.length > 0) {
+      const v = this.deadVerdicts[0]!;
+      const deadline = v.receivedAt + CATCH_UP_MS;
+      let caughtUp = true;
+      if (v.sentUs !== undefined)
+        for (const wm of this.watermarkUs.values()) if (wm < v.sentUs) caughtUp = false;
+      if (!caughtUp && now < deadline) {
+        want(Math.min(deadline, now + 1));
+        return;
+      }
+      this.deadVerdicts.shift();
+      const p = v.probe;
+      const reason = `${p.reason}; probe of its service port: ${v.why}`;
+      if (p.target === "original") {
+        if (!this.failureSignaled) this.originalFailed(reason, "", now - p.sentAt, now);
+      } else {
+        this.replicaFailed(p.target, reason);
+      }
     }
   }
 
@@ -1905,6 +1950,8 @@ export class ReplicationEngine {
     this.promotions++;
     this.failureSignaled = false;
     for (const [k, p] of this.probes) if (p.target === "original") this.probes.delete(k);
+    for (let i = this.deadVerdicts.length - 1; i >= 0; i--)
+      if (this.deadVerdicts[i]!.probe.target === "original") this.deadVerdicts.splice(i, 1);
     this.aliveAt.delete("original");
     this.lastProbeAt.delete("original");
     this.originalLag = new DelayEstimator();

@@ -148,7 +148,16 @@ export type EngineOutput =
   | { type: "promote"; replica: string; original: number; previous: number }
   /** Check whether `address`:port still accepts connections within `timeoutMs`; answer
    * probeResult(id, ...). `target` is "original" or a replica id. */
-  | { type: "probe"; id: number; target: string; address: number; timeoutMs: number; reason: string };
+  | {
+      type: "probe";
+      id: number;
+      target: string;
+      address: number;
+      timeoutMs: number;
+      reason: string;
+      /** Asked without evidence: the application's health check gets 4 × its timeout too. */
+      periodic: boolean;
+    };
 
 export interface ReplicaStats {
   id: string;

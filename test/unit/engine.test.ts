@@ -73,9 +73,15 @@ class Scenario {
     this.drain();
   }
 
+  /** With a capture channel: segments carry capture times (µs, here the scenario clock). */
+  channel: string | undefined;
+
   /** Feeds a segment at the current time and returns what the engine emitted (after a flush). */
-  feed(s: TcpSegment): TcpSegment[] {
-    this.engine.onSegment(s, this.now);
+  feed(s: TcpSegment, capturedAt = this.now): TcpSegment[] {
+    const capture = this.channel
+      ? { channel: this.channel, timeUs: Math.round(capturedAt * 1000) }
+      : undefined;
+    this.engine.onSegment(s, this.now, capture);
     this.engine.flush(this.now);
     return this.drain();
   }
@@ -896,6 +902,50 @@ t.test("after a promotion, the new original's close waits for the other replicas
     out.some((s) => s.dst === CLIENT && s.flags & FIN),
     "never closed as if the service had finished",
   );
+});
+
+t.test("a dead probe answer waits for what was captured before the probe", async (t) => {
+  const sc = probing([R1, R2]);
+  sc.channel = "backend";
+  sc.client("x", 1);
+  sc.tick(3); // the original is silent: suspected, probed
+  const probe = sc.probes.find((p) => p.target === "original")!;
+  const sentUs = Math.round(sc.now * 1000);
+  t.ok(probe, "probed");
+  // Meanwhile r1 reset the connection (it is dying too), but the capture channel has not
+  // delivered that yet when the probe's "refused" arrives.
+  sc.now += 1;
+  sc.engine.probeResult(probe.id, false, sc.now, "ECONNREFUSED", sentUs);
+  sc.drain();
+  t.equal(sc.engine.stats().failures.promotions, 0, "no promotion on a stale view");
+  sc.replica(R1, 1, "", 2, RST | ACK); // fed now, captured before the probe
+  const ids = sc.engine.replicaIds();
+  t.same(ids, ["r1", "r2"]);
+  sc.now += 0.5;
+  // The capture of the probe's own answer passes the probe's send time: the view is complete.
+  sc.feed(
+    seg({ src: ORIGINAL, dst: SNAT, srcPort: PORT, dstPort: 40000, flags: RST | ACK }),
+    sentUs / 1000 + 0.2,
+  );
+  sc.tick(0);
+  t.match(
+    sc.events.find((e) => e.type === "promoted"),
+    { replica: "r2", spliced: 1 },
+    "r2, not the replica that reset the connection",
+  );
+});
+
+t.test("a dead probe answer acts after CATCH_UP_MS even if a channel stays behind", async (t) => {
+  const sc = probing([R1]);
+  sc.channel = "backend";
+  sc.client("x", 1);
+  sc.tick(3);
+  const probe = sc.probes.find((p) => p.target === "original")!;
+  sc.engine.probeResult(probe.id, false, sc.now, "timeout", Math.round(sc.now * 1000) + 10_000);
+  sc.tick(4);
+  t.equal(sc.engine.stats().failures.promotions, 0, "still waiting");
+  sc.tick(1);
+  t.equal(sc.engine.stats().failures.promotions, 1, "5 ms later it acts anyway");
 });
 
 t.test("periodic probes find failures when no client is talking", async (t) => {
