@@ -200,7 +200,6 @@ export class Proxy {
     const sock = connect({ host: address, port: this.config.port });
     let done = false;
     let timer: NodeJS.Timeout | undefined;
-    let handshakeMs: number | undefined;
     const deadline = (ms: number, why: string) => {
       clearTimeout(timer);
       timer = setTimeout(() => setImmediate(() => answer(false, why)), ms);
@@ -213,12 +212,11 @@ export class Proxy {
       const ms = performance.now() - started;
       if (alive) this.log.debug({ target, address, why, ms, reason }, "probe answered");
       else this.log.warn({ target, address, why, ms, reason }, "probe failed");
-      this.engine.probeResult(id, alive, performance.now(), why, sentUs, handshakeMs);
+      this.engine.probeResult(id, alive, performance.now(), why, sentUs);
       this.flush();
     };
     deadline(timeoutMs, "no answer to the handshake");
     sock.once("connect", () => {
-      handshakeMs = performance.now() - started;
       if (!check) return answer(true, "connected");
       deadline(check.timeoutMs * (periodic ? 4 : 1), "no answer to the health check");
       let got = "";

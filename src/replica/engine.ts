@@ -624,7 +624,9 @@ export class ReplicationEngine {
     return this.originalLag.bound(8, floorMs);
   }
 
-  /** How long a probe of the original may take: a few of its measured handshake RTTs. */
+  /** How long a probe of the original may take: a few of its handshake RTTs, measured on the
+   * capture clock (probe handshakes timed through the event loop carry the proxy's own lag, up to
+   * 7 ms at start-up, and would slow detection for nothing). */
   private probeTimeoutMs(): number {
     return Math.max(this.config.failure.probeTimeoutMs, 4 * this.originalRtt.bound(4, 0));
   }
@@ -691,19 +693,10 @@ export class ReplicationEngine {
    * Alive: the evidence so far is explained (a normal close, a slow answer) and is not probed
    * again. Dead (refused, unreachable, no answer): the original fails over, a replica is removed.
    */
-  probeResult(
-    id: number,
-    alive: boolean,
-    now: number,
-    why = "no answer",
-    sentUs?: number,
-    handshakeMs?: number,
-  ): void {
+  probeResult(id: number, alive: boolean, now: number, why = "no answer", sentUs?: number): void {
     const p = this.probes.get(id);
     if (!p) return;
     this.probes.delete(id);
-    // Periodic probes keep the RTT bound (hence the probe timeout) current under load.
-    if (p.target === "original" && handshakeMs !== undefined) this.originalRtt.add(handshakeMs);
     this.event({ type: "probe-result", target: p.target, alive, reason: p.reason, afterMs: now - p.sentAt });
     if (alive) {
       this.probeCounters.alive++;
