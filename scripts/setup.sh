@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
-  iproute2 nftables ethtool procps psmisc iputils-ping curl ca-certificates
+  iproute2 nftables conntrack ethtool procps psmisc iputils-ping curl ca-certificates
   libpcap-dev tcpdump build-essential python3
   redis-server redis-tools apache2
 )

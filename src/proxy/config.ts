@@ -113,6 +113,9 @@ function text(raw: Record<string, unknown>, key: string, max: number): string {
   const v = raw[key];
   if (typeof v !== "string" || v.length === 0 || v.length > max)
     throw new ConfigError(`${key}: expected a string of 1 to ${max} characters`);
+  // Sent and compared byte for byte (latin1): other characters would never match.
+  if ([...v].some((ch) => ch.charCodeAt(0) > 0xff))
+    throw new ConfigError(`${key}: only characters U+0000 to U+00FF`);
   return v;
 }
 

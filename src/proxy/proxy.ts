@@ -1,7 +1,18 @@
 // The appliance's data plane at run time: installs the kernel path and the replication rules,
 // captures, feeds the engine, injects what it produces, and runs its timers. Started and stopped
 // as a unit; stop() (also on SIGINT/SIGTERM) removes everything it added to the system.
-import { connect, createServer, type Server } from "node:net";
+import { connect, createServer, type Server, type Socket } from "node:net";
+
+/** Probe errors that say the target is dead (anything else is a local failure: no verdict). */
+const PROBE_DEAD_ERRORS = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "EHOSTDOWN",
+  "ETIMEDOUT",
+  "EPIPE",
+]);
 import { rm } from "node:fs/promises";
 import { setPriority } from "node:os";
 import type { Logger } from "pino";
@@ -46,6 +57,9 @@ export class Proxy {
   private currentOriginal: string;
   private readonly fenced = new Set<string>();
   private kernelUpdate: Promise<void> = Promise.resolve();
+  private readonly probeSockets = new Set<Socket>();
+  /** After stop(): no more ticks, probes or kernel changes. */
+  private stopped = false;
   readonly engine: ReplicationEngine;
 
   private constructor(
@@ -130,10 +144,12 @@ export class Proxy {
     }
     if (c.statsSocket) await this.listenStats(c.statsSocket);
     this.log.info({ replicas: c.replicas, filters }, "replicating");
+    this.flush(); // timers run from now on (periodic probes), not from the first captured packet
   }
 
   /** Sends what the engine produced and logs its events; schedules the engine's timers. */
   private flush(): void {
+    if (this.stopped) return;
     this.drainOutputs();
     if (!this.tickQueued) {
       this.tickQueued = true;
@@ -198,20 +214,31 @@ export class Proxy {
     // plus a monotonic offset drifts from it over hours). The engine waits for captures to pass it.
     const sentUs = Date.now() * 1000;
     const sock = connect({ host: address, port: this.config.port });
+    this.probeSockets.add(sock);
     let done = false;
     let timer: NodeJS.Timeout | undefined;
+    // Each deadline has its phase: a handshake deadline whose callback was queued (setImmediate)
+    // just as the handshake completed must not fail the health check that followed.
+    let phase = 0;
     const deadline = (ms: number, why: string) => {
       clearTimeout(timer);
-      timer = setTimeout(() => setImmediate(() => answer(false, why)), ms);
+      const mine = ++phase;
+      timer = setTimeout(() => setImmediate(() => mine === phase && answer(false, why)), ms);
     };
-    const answer = (alive: boolean, why: string) => {
+    const answer = (alive: boolean | undefined, why: string) => {
       if (done) return;
       done = true;
       clearTimeout(timer);
       sock.destroy();
+      this.probeSockets.delete(sock);
+      if (this.stopped) return;
       const ms = performance.now() - started;
       if (alive) this.log.debug({ target, address, why, ms, reason }, "probe answered");
-      else this.log.warn({ target, address, why, ms, reason }, "probe failed");
+      else
+        this.log.warn(
+          { target, address, why, ms, reason },
+          alive === false ? "probe failed" : "probe not made",
+        );
       this.engine.probeResult(id, alive, performance.now(), why, sentUs);
       this.flush();
     };
@@ -227,9 +254,14 @@ export class Proxy {
         else if (got.length >= check.expect.length) answer(false, "wrong answer to the health check");
       });
       sock.once("end", () => answer(false, "closed during the health check"));
-      sock.write(check.send);
+      sock.write(check.send, "latin1");
     });
-    sock.once("error", (e: NodeJS.ErrnoException) => answer(false, e.code ?? e.message));
+    sock.once("error", (e: NodeJS.ErrnoException) => {
+      // What the target (or the network toward it) said is a verdict; a local failure to make
+      // the probe (no free port, no memory, too many files) is not.
+      const verdict = PROBE_DEAD_ERRORS.has(e.code ?? "") ? false : undefined;
+      answer(verdict, e.code ?? e.message);
+    });
   }
 
   /** New connections go to the new original; the old one is fenced (nothing to it or from it). */
@@ -239,10 +271,35 @@ export class Proxy {
     this.currentOriginal = original;
     this.kernelUpdate = this.kernelUpdate
       .then(() => installKernelPath(undefined, this.kernelPathConfig()))
+      .then(() => this.forgetHalfOpen(previous))
       .then(
-        () => this.log.info({ original, fenced: [...this.fenced] }, "kernel path retargeted"),
+        (forgotten) =>
+          this.log.info({ original, fenced: [...this.fenced], forgotten }, "kernel path retargeted"),
         (e: unknown) => this.log.error({ err: String(e) }, "kernel path retarget failed"),
       );
+  }
+
+  /**
+   * Connections whose SYN went to the old original just before the fence and got no answer keep
+   * their conntrack entry: every SYN retransmission would follow it to the fenced host and the
+   * client would hang. Deleting those entries (unanswered SYNs only: established connections are
+   * the engine's, spliced or reset) sends the retransmission through DNAT to the new original.
+   * Returns how many were deleted.
+   */
+  private async forgetHalfOpen(previous: string): Promise<number | null> {
+    const argv = ["conntrack", "-D", "-p", "tcp", "--reply-src", previous, "--state", "SYN_SENT"];
+    try {
+      const r = await runStatus(argv);
+      const m = /(\d+) flow entries have been deleted/.exec(r.stderr + r.stdout);
+      if (m) return Number(m[1]);
+      this.log.warn(
+        { output: (r.stderr || r.stdout).trim() },
+        "conntrack -D failed: half-open connections may hang",
+      );
+    } catch (e) {
+      this.log.warn({ err: String(e) }, "conntrack -D failed: half-open connections may hang");
+    }
+    return null;
   }
 
   private kernelPathConfig(): KernelPathConfig {
@@ -261,13 +318,14 @@ export class Proxy {
   /** Promotes a replica now (external failure signal or planned switchover). */
   async promote(replica: string): Promise<{ spliced: number; reset: number; dropped: number }> {
     const report = this.engine.promote(replica, performance.now());
-    this.drainOutputs();
+    this.flush(); // sends, and schedules the engine's timers (the new original's probes)
     await this.kernelUpdate;
     return report;
   }
 
   private tick(): void {
     this.tickQueued = false;
+    if (this.stopped) return;
     const next = this.engine.tick(performance.now());
     this.engine.flush(performance.now());
     this.drainOutputs();
@@ -345,7 +403,10 @@ export class Proxy {
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
+    for (const sock of this.probeSockets) sock.destroy();
+    this.probeSockets.clear();
     this.captures?.client.close();
     this.captures?.backend.close();
     this.captures = undefined;

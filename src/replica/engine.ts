@@ -32,6 +32,11 @@ const CLOSE_ALONE = "the original closed a connection its replicas keep open";
  * limited): an original that often trails its replicas costs at most 50 connections a second. */
 const STALL_PROBE_INTERVAL_MS = 20;
 const PERIODIC = "periodic probe";
+const CANDIDATE = "candidate for promotion";
+/** Refusals held at once; beyond, they go to their clients unheld. */
+const MAX_HELD_REFUSALS = 1024;
+/** A held refusal goes out after this long whatever happens (the probe was lost). */
+const REFUSAL_HOLD_MS = 1000;
 /** A dead probe answer waits at most this long for the capture channels. */
 const CATCH_UP_MS = 5;
 
@@ -170,7 +175,17 @@ interface ReplicaCounters {
   promoted: boolean;
   /** Evidence that the replica itself failed, waiting to be confirmed by a probe. */
   suspect:
-    { since: number; kind: "fin" | "rst" | "stall"; reason: string; conn?: ReplicatedConnection } | undefined;
+    | {
+        since: number;
+        /** The latest evidence (an alive answer to a probe sent before it does not clear it). */
+        lastAt: number;
+        kind: "fin" | "rst" | "stall";
+        reason: string;
+        conn?: ReplicatedConnection;
+      }
+    | undefined;
+  /** When this replica was last probed because of evidence (rate limit). */
+  lastEvidenceProbeAt: number;
 }
 
 /** A probe asked of the I/O edge, not answered yet. */
@@ -219,7 +234,7 @@ export class ReplicationEngine {
   /** Probes asked of the I/O edge and not answered yet, by id. */
   private readonly probes = new Map<number, PendingProbe>();
   private nextProbeId = 1;
-  private readonly probeCounters = { sent: 0, alive: 0, dead: 0 };
+  private readonly probeCounters = { sent: 0, alive: 0, dead: 0, unknown: 0 };
   /** Per target ("original" or replica id): when the last probe answered alive was sent. Evidence
    * older than that is explained (the target was alive after it) and is not probed again. */
   private readonly aliveAt = new Map<string, number>();
@@ -229,6 +244,11 @@ export class ReplicationEngine {
   private originalRtt = new DelayEstimator();
   private replicasFailed = 0;
   private lastStallProbeAt = -Infinity;
+  /** The original failed; the best replica is being asked whether it is alive (runElection). */
+  private election: { since: number; reason: string } | undefined;
+  /** The original's refusals of new connections, waiting for a probe's verdict. */
+  private heldRefusals: Array<{ segment: TcpSegment; at: number }> = [];
+  private refusalsDropped = 0;
   /** Dead probe answers waiting for the capture channels to catch up (see settleVerdicts). */
   private readonly deadVerdicts: Array<{
     probe: PendingProbe;
@@ -247,6 +267,7 @@ export class ReplicationEngine {
     natSyn: 0,
     replica: 0,
     unmatched: 0,
+    notFromOriginal: 0,
     opened: 0,
     closed: 0,
     notReplicated: 0,
@@ -308,6 +329,7 @@ export class ReplicationEngine {
       lastSrttMs: undefined,
       promoted: false,
       suspect: undefined,
+      lastEvidenceProbeAt: -Infinity,
     });
     // Connections already open started before this replica had their bytes: it gets only new ones.
     for (const c of this.conns.values()) c.notPromotable.add(info.id);
@@ -392,6 +414,10 @@ export class ReplicationEngine {
         this.counters.natSyn++;
         this.onNatSyn(seg, now);
       }
+    } else if (seg.dst === c.snatAddress && seg.srcPort === c.port) {
+      // A fenced former original (a dying kernel retransmitting its FIN, say) or a probe's answer:
+      // nothing it sends may reach a client or count as the current original's activity.
+      this.counters.notFromOriginal++;
     } else if (seg.dst === c.replicationAddress && seg.srcPort === c.port) {
       this.counters.replica++;
       this.onReplica(seg, now);
@@ -413,6 +439,9 @@ export class ReplicationEngine {
       this.expireUnbound(now);
       for (const list of this.unbound.values()) want(list[0]!.at + this.config.synTimeoutMs);
     }
+    // Verdicts first: a promotion they cause changes what the connections below are measured
+    // against (evidence gathered against the old original must not fail the new one over).
+    this.settleVerdicts(now, want);
     for (const conn of [...this.conns.values()]) {
       if (conn.phase === "syn") {
         const expiry = conn.createdAt + this.config.synTimeoutMs;
@@ -427,10 +456,11 @@ export class ReplicationEngine {
         const g = this.checkGaps(conn, now);
         if (g !== undefined) want(g);
       }
-      if (!failed) {
-        // Also after a signal: it releases held closes of spliced connections in time.
+      {
+        // Every connection, also after a signal: it releases held closes of spliced connections
+        // and schedules its own next look. The first verdict counts.
         const f = this.detectFailure(conn, now, want);
-        if (f.verdict === "failed") failed = f;
+        if (f.verdict === "failed") failed ??= f;
         else if (f.verdict === "suspect") suspect ??= f;
       }
       if (conn.held && !conn.held.released) {
@@ -457,15 +487,19 @@ export class ReplicationEngine {
         want(end);
       }
     }
-    this.settleVerdicts(now, want);
+    if (this.heldRefusals.length > 0) {
+      this.releaseRefusals((r) => now - r.at >= REFUSAL_HOLD_MS);
+      if (this.heldRefusals.length > 0) want(this.heldRefusals[0]!.at + REFUSAL_HOLD_MS);
+    }
     this.checkReplicas(now, want);
+    this.runElection(now);
     this.periodicProbes(now, want);
     if (this.failureSignaled) return next;
     if (failed?.verdict === "failed") {
       this.originalFailed(failed.reason, failed.conn.id, failed.afterMs, now);
     } else if (suspect?.verdict === "suspect") {
       if (!suspect.reason.startsWith(CLOSE_ALONE)) this.lastStallProbeAt = now;
-      this.requestProbe("original", this.original, suspect.reason, now, this.probeTimeoutMs());
+      this.probeOriginal(suspect.reason, now);
     }
     return next;
   }
@@ -649,6 +683,21 @@ export class ReplicationEngine {
     return now - last.at;
   }
 
+  /**
+   * Evidence against the original: probe it, and at the same moment the replica that would
+   * replace it. If the original is dead the candidate's answer is there already (no second round
+   * trip before the promotion), and its packets move the backend capture channel past the probe's
+   * send time, so the verdict need not wait for CATCH_UP_MS.
+   */
+  private probeOriginal(reason: string, now: number): void {
+    this.requestProbe("original", this.original, reason, now, this.probeTimeoutMs());
+    const best = this.bestReplica();
+    const r = best === undefined ? undefined : this.replicas.get(best);
+    if (!r || !this.config.failure.autoFailover) return;
+    const timeout = Math.max(this.config.failure.probeTimeoutMs, 4 * (r.lastSrttMs ?? 0));
+    this.requestProbe(r.info.id, r.info.address, `replica ${r.info.id}: ${CANDIDATE}`, now, timeout);
+  }
+
   /** Probes every backend each probeIntervalMs, evidence or not (idle services fail too). */
   private periodicProbes(now: number, want: (t: number) => void): void {
     const f = this.config.failure;
@@ -693,16 +742,27 @@ export class ReplicationEngine {
    * Alive: the evidence so far is explained (a normal close, a slow answer) and is not probed
    * again. Dead (refused, unreachable, no answer): the original fails over, a replica is removed.
    */
-  probeResult(id: number, alive: boolean, now: number, why = "no answer", sentUs?: number): void {
+  probeResult(id: number, alive: boolean | undefined, now: number, why = "no answer", sentUs?: number): void {
     const p = this.probes.get(id);
     if (!p) return;
     this.probes.delete(id);
+    if (alive === undefined) {
+      // The probe could not be made (a local error: no port, no buffer): no verdict either way;
+      // evidence that persists asks again.
+      this.probeCounters.unknown++;
+      return;
+    }
     this.event({ type: "probe-result", target: p.target, alive, reason: p.reason, afterMs: now - p.sentAt });
     if (alive) {
+      if (p.target === "original") this.releaseRefusals((r) => r.at <= p.sentAt);
       this.probeCounters.alive++;
       this.aliveAt.set(p.target, Math.max(this.aliveAt.get(p.target) ?? -Infinity, p.sentAt));
       const r = this.replicas.get(p.target);
-      if (r?.suspect && r.suspect.since <= p.sentAt) r.suspect = undefined;
+      if (r?.suspect && r.suspect.since <= p.sentAt) {
+        if (r.suspect.lastAt > p.sentAt) r.suspect = { ...r.suspect, since: r.suspect.lastAt };
+        else r.suspect = undefined;
+      }
+      if (this.election) this.runElection(now);
       return;
     }
     this.probeCounters.dead++;
@@ -719,40 +779,87 @@ export class ReplicationEngine {
   /** Acts on dead probe answers once every capture channel has delivered what was captured
    * before the probe (or CATCH_UP_MS passed). */
   private settleVerdicts(now: number, want: (t: number) => void): void {
-    while (this.deadVerdicts.length > 0) {
-      const v = this.deadVerdicts[0]!;
-      const deadline = v.receivedAt + CATCH_UP_MS;
+    // Replicas first: a dying replica must be gone before the original's verdict elects one.
+    this.deadVerdicts.sort(
+      (a, b) => Number(a.probe.target === "original") - Number(b.probe.target === "original"),
+    );
+    const keep: typeof this.deadVerdicts = [];
+    for (const v of this.deadVerdicts) {
+      const p = v.probe;
+      // A probe sent later answered alive: that newer answer wins (one lost SYN is not a death).
+      if ((this.aliveAt.get(p.target) ?? -Infinity) >= p.sentAt) continue;
       let caughtUp = true;
       if (v.sentUs !== undefined)
         for (const wm of this.watermarkUs.values()) if (wm < v.sentUs) caughtUp = false;
+      const deadline = v.receivedAt + CATCH_UP_MS;
       if (!caughtUp && now < deadline) {
+        keep.push(v);
         want(Math.min(deadline, now + 1));
-        return;
+        continue;
       }
-      this.deadVerdicts.shift();
-      const p = v.probe;
       const reason = `${p.reason}; probe of its service port: ${v.why}`;
       if (p.target === "original") {
-        if (!this.failureSignaled) this.originalFailed(reason, "", now - p.sentAt, now);
+        if (!this.failureSignaled) this.originalFailed(reason, "", now - p.sentAt, now, p.sentAt);
       } else {
-        this.replicaFailed(p.target, reason);
+        this.replicaFailed(p.target, reason, now);
       }
     }
+    this.deadVerdicts.length = 0;
+    this.deadVerdicts.push(...keep);
+  }
+
+  /** Held refusals go to their clients (those `which` selects). */
+  private releaseRefusals(which: (r: { at: number }) => boolean): void {
+    const keep: typeof this.heldRefusals = [];
+    for (const r of this.heldRefusals) {
+      if (which(r)) this.out.push({ type: "send", segment: r.segment, to: "client" });
+      else keep.push(r);
+    }
+    this.heldRefusals = keep;
   }
 
   /** One signal per original: it is either promoted away now, or left to the operator. */
-  private originalFailed(reason: string, conn: string, afterMs: number, now: number): void {
+  private originalFailed(reason: string, conn: string, afterMs: number, now: number, since = now): void {
     this.failureSignaled = true;
     this.failuresDetected++;
     this.event({ type: "original-failure", reason, conn, afterMs });
-    if (!this.config.failure.autoFailover) return;
+    if (!this.config.failure.autoFailover) {
+      this.releaseRefusals(() => true); // nobody takes over: the refusals are the truth
+      return;
+    }
+    // The refused clients retry their SYN and reach the new original (or, with no replica left,
+    // the same refusal again, then delivered).
+    this.refusalsDropped += this.heldRefusals.length;
+    this.heldRefusals = [];
+    this.election = { since, reason };
+    this.runElection(now);
+  }
+
+  /**
+   * Promotes the best replica once it proved alive after the failure (it may have died with the
+   * original without a sign yet: a host or link gone silently): probed first, promoted on the
+   * answer; a dead one is removed and the next best asked. Without probes: at once.
+   */
+  private runElection(now: number): void {
+    const e = this.election;
+    if (!e) return;
     const best = this.bestReplica();
-    if (best) this.promote(best, now);
-    else
+    if (!best) {
+      this.election = undefined;
       this.event({
         type: "no-replica-left",
-        reason: `the original failed (${reason}) and no replica is left`,
+        reason: `the original failed (${e.reason}) and no replica is left`,
       });
+      return;
+    }
+    if (!this.config.failure.probes || (this.aliveAt.get(best) ?? -Infinity) >= e.since) {
+      this.election = undefined;
+      this.promote(best, now);
+      return;
+    }
+    const r = this.replicas.get(best)!;
+    const timeout = Math.max(this.config.failure.probeTimeoutMs, 4 * (r.lastSrttMs ?? 0));
+    this.requestProbe(best, r.info.address, `replica ${best}: ${CANDIDATE}`, now, timeout);
   }
 
   /** Replica suspicions (it closed or reset alone, or stopped acknowledging) become probes. */
@@ -765,10 +872,23 @@ export class ReplicationEngine {
       if (
         sp.kind === "fin" &&
         c &&
-        (c.held !== undefined || c.originalFinOffset !== undefined || c.phase !== "open")
+        (c.held !== undefined ||
+          c.originalFinOffset !== undefined ||
+          c.phase !== "open" ||
+          this.conns.get(c.key) !== c)
       ) {
-        r.suspect = undefined; // the original closed too: a normal close
+        r.suspect = undefined; // the original closed too (a normal close), or it is gone
         continue;
+      }
+      if (sp.kind === "fin" && c) {
+        // A replica ahead of a slower original closes first: alone only once the original has
+        // sent everything the replica sent before its FIN.
+        const finAt = c.shadows.get(r.info.id)?.replicaFinOffset ?? 0;
+        if (c.original.end < finAt) {
+          sp.since = now;
+          want(now + f.closeMismatchMs);
+          continue;
+        }
       }
       if (sp.since <= (this.aliveAt.get(r.info.id) ?? -Infinity)) {
         r.suspect = undefined;
@@ -780,6 +900,12 @@ export class ReplicationEngine {
         continue;
       }
       if (f.probes) {
+        const allowed = r.lastEvidenceProbeAt + STALL_PROBE_INTERVAL_MS;
+        if (now < allowed) {
+          want(allowed);
+          continue;
+        }
+        r.lastEvidenceProbeAt = now;
         const timeout = Math.max(f.probeTimeoutMs, 4 * (r.lastSrttMs ?? 0));
         this.requestProbe(r.info.id, r.info.address, `replica ${r.info.id} ${sp.reason}`, now, timeout);
       }
@@ -794,18 +920,23 @@ export class ReplicationEngine {
     conn?: ReplicatedConnection,
   ): void {
     const r = this.replicas.get(s.replica.id);
-    if (!r || r.promoted || r.suspect) return;
-    r.suspect = { since: now, kind, reason, ...(conn ? { conn } : {}) };
+    if (!r || r.promoted || !this.config.failure.probes) return;
+    if (r.suspect) {
+      r.suspect.lastAt = now; // newer evidence: re-armed if the pending probe answers alive
+      return;
+    }
+    r.suspect = { since: now, lastAt: now, kind, reason, ...(conn ? { conn } : {}) };
   }
 
   /** A replica is dead: it is removed (its shadows reset, its state freed); the others go on. */
-  private replicaFailed(id: string, reason: string): void {
+  private replicaFailed(id: string, reason: string, now: number): void {
     const r = this.replicas.get(id);
     if (!r || r.promoted) return;
     this.replicasFailed++;
     this.event({ type: "replica-failure", replica: id, reason });
     this.removeReplica(id);
-    if (this.promotableCount() === 0)
+    if (this.election) this.runElection(now);
+    else if (this.promotableCount() === 0)
       this.event({ type: "no-replica-left", reason: `replica ${id} failed: the service runs unreplicated` });
   }
 
@@ -838,22 +969,29 @@ export class ReplicationEngine {
    * lowest smoothed RTT.
    */
   bestReplica(): string | undefined {
-    let best: { r: ReplicaCounters; score: number } | undefined;
+    const dying = new Set(this.deadVerdicts.map((v) => v.probe.target));
+    const doubted = new Set<string>();
+    for (const p of this.probes.values())
+      if (!p.periodic && !p.reason.endsWith(CANDIDATE)) doubted.add(p.target);
+    let best: { r: ReplicaCounters; trusted: boolean; score: number } | undefined;
     for (const r of this.replicas.values()) {
-      if (r.promoted) continue;
+      if (r.promoted || dying.has(r.info.id)) continue;
+      // Suspected, or asked because of evidence: only when nothing better is left.
+      const trusted = !r.suspect && !doubted.has(r.info.id);
       // A shadow still open counts more than one that closed with the original: when the
       // original failed, a replica that closed at the same moment is likely failing with it.
-      let score = r.suspect ? -1 : 0;
+      let score = 0;
       for (const c of this.conns.values()) {
         if (c.phase !== "open" || !this.canSplice(c, r.info.id)) continue;
         score += c.shadows.get(r.info.id)!.replicaFinOffset === undefined ? 2 : 1;
       }
-      if (
+      const better =
         !best ||
-        score > best.score ||
-        (score === best.score && (r.lastSrttMs ?? Infinity) < (best.r.lastSrttMs ?? Infinity))
-      )
-        best = { r, score };
+        (trusted && !best.trusted) ||
+        (trusted === best.trusted &&
+          (score > best.score ||
+            (score === best.score && (r.lastSrttMs ?? Infinity) < (best.r.lastSrttMs ?? Infinity))));
+      if (better) best = { r, trusted, score };
     }
     return best?.r.info.id;
   }
@@ -896,6 +1034,7 @@ export class ReplicationEngine {
         natSyn: k.natSyn,
         replica: k.replica,
         unmatched: k.unmatched,
+        notFromOriginal: k.notFromOriginal,
       },
       rejected: { ...this.rejected },
       connections: {
@@ -916,6 +1055,7 @@ export class ReplicationEngine {
         original: formatIPv4(this.original),
         replicasLeft: this.promotableCount(),
         replicasFailed: this.replicasFailed,
+        refusals: { held: this.heldRefusals.length, dropped: this.refusalsDropped },
         probes: { ...this.probeCounters },
         thresholds: {
           stallSuspectMs: this.stallSuspectMs(),
@@ -1020,13 +1160,19 @@ export class ReplicationEngine {
 
   private onNatSyn(seg: TcpSegment, now: number): void {
     for (const conn of this.conns.values()) {
-      if (conn.phase === "syn" && conn.clientIsn === seg.seq && conn.natPort === undefined) {
+      // Unanswered, it may be bound already: after a failover the client's retransmitted SYN
+      // goes to the new original, maybe from another NAT port. The latest binding wins.
+      if (conn.phase === "syn" && conn.clientIsn === seg.seq && conn.originalIsn === undefined) {
+        if (conn.natPort !== undefined && this.byNatPort.get(conn.natPort) === conn)
+          this.byNatPort.delete(conn.natPort);
         conn.natSynAt = { at: now, captureUs: this.captureUs };
         this.bindNat(conn, seg.srcPort);
         return;
       }
     }
-    if (this.pendingNat.size > 1024) this.pendingNat.clear();
+    // Bounded; the oldest entry goes first. SYNs from the appliance's own address that are not the
+    // kernel path's (its probes) land here too and must not push out a real binding all at once.
+    if (this.pendingNat.size >= 1024) this.pendingNat.delete(this.pendingNat.keys().next().value!);
     this.pendingNat.set(seg.seq, seg.srcPort);
   }
 
@@ -1133,9 +1279,22 @@ export class ReplicationEngine {
       return;
     }
     if (seg.flags & RST && conn.phase === "syn") {
-      // The original refused the connection (nothing listens): no replica is involved yet, so
-      // the refusal goes to the client at once, as the kernel path would have delivered it.
-      this.out.push({ type: "send", segment: this.clientView(conn, seg), to: "client" });
+      // The original refused the connection: nothing listens on the service port. That is the
+      // service failing unless a probe finds the port open: the refusal waits for the verdict.
+      // Alive: it goes to the client as the kernel path would have delivered it. Dead: it is
+      // dropped; the client's SYN retransmission finds the new original.
+      const refusal = this.clientView(conn, seg);
+      if (
+        this.config.failure.probes &&
+        !this.failureSignaled &&
+        this.heldRefusals.length < MAX_HELD_REFUSALS
+      ) {
+        this.heldRefusals.push({ segment: refusal, at: now });
+        const reason = "the original refused a connection";
+        this.probeOriginal(reason, now);
+      } else {
+        this.out.push({ type: "send", segment: refusal, to: "client" });
+      }
       this.deleteConnection(conn);
       return;
     }
@@ -1145,8 +1304,13 @@ export class ReplicationEngine {
     }
     if (seg.flags & ACK) {
       const ackOff = toOffset(seg.ack, conn.clientIsn, conn.originalAckOffset);
-      if (ackOff > conn.originalAckOffset) conn.originalAckOffset = ackOff;
-      if (conn.originalAckOffset >= conn.client.end) conn.unackedSince = undefined;
+      if (ackOff > conn.originalAckOffset) {
+        conn.originalAckOffset = ackOff;
+        // Progress: the stall clocks restart (a long upload always has bytes in flight, and one
+        // alive probe must not silence its evidence for good).
+        conn.unackedSince = conn.originalAckOffset >= conn.client.end ? undefined : now;
+        if (conn.ackBehindSince !== undefined) conn.ackBehindSince = now;
+      }
       const clientEnd = conn.client.end + (conn.clientFinReady ? 1 : 0);
       if (conn.originalAckOffset > clientEnd && !conn.captureGap) {
         this.suspectGap(conn, "client", conn.originalAckOffset, now);
@@ -1162,9 +1326,12 @@ export class ReplicationEngine {
           if (s.comparing && s.reply.end > conn.original.end) ahead = true;
         if (!ahead) {
           // The original caught up with a replica that had answered first: how far it trails
-          // when it does sets the stall suspicion threshold.
-          this.originalLag.add(now - conn.replyAheadSince);
+          // when it does raises the unconfirmed-stall threshold. One sample is at most the
+          // floor: a long episode (a replica far ahead in a download) must not blow it up.
+          this.originalLag.add(Math.min(now - conn.replyAheadSince, this.config.failure.replyStallMs));
           conn.replyAheadSince = undefined;
+        } else {
+          conn.replyAheadSince = now; // progress: the stall clock restarts
         }
       }
     }
@@ -1931,7 +2098,7 @@ export class ReplicationEngine {
       }
       const s = conn.shadows.get(id);
       if (s && this.canSplice(conn, id)) {
-        this.splice(conn, s);
+        this.splice(conn, s, now);
         report.spliced++;
       } else {
         this.resetClient(conn);
@@ -1940,6 +2107,7 @@ export class ReplicationEngine {
       }
     }
     r.promoted = true;
+    this.election = undefined;
     this.promotions++;
     this.failureSignaled = false;
     for (const [k, p] of this.probes) if (p.target === "original") this.probes.delete(k);
@@ -1963,8 +2131,10 @@ export class ReplicationEngine {
     return report;
   }
 
-  private splice(conn: ReplicatedConnection, s: ShadowConversation): void {
+  private splice(conn: ReplicatedConnection, s: ShadowConversation, now: number): void {
     conn.spliced = s;
+    // Its FIN came before the promotion (with the original's): held like one arriving later.
+    if (s.replicaFinOffset !== undefined) conn.spliceFinSince ??= now;
     conn.sentToClient = Math.max(
       conn.clientAckOffset -
         (conn.originalFinOffset !== undefined && conn.clientAckOffset > conn.originalFinOffset ? 1 : 0),

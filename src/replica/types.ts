@@ -184,6 +184,9 @@ export interface EngineStats {
     natSyn: number;
     replica: number;
     unmatched: number;
+    /** Segments to the SNAT address from another host than the current original (ignored): a
+     * fenced former original (its dying kernel retransmitting a FIN), probe answers. */
+    notFromOriginal: number;
   };
   rejected: Record<string, number>;
   connections: {
@@ -205,7 +208,10 @@ export interface EngineStats {
     /** Replicas that can still be promoted; 0 = the service runs unreplicated. */
     replicasLeft: number;
     replicasFailed: number;
-    probes: { sent: number; alive: number; dead: number };
+    /** The original's refusals of new connections waiting for a probe, and those dropped because
+     * it failed over (their clients retry and reach the new original). */
+    refusals: { held: number; dropped: number };
+    probes: { sent: number; alive: number; dead: number; unknown: number };
     /** Current adaptive thresholds (ms). */
     thresholds: { stallSuspectMs: number; replyStallMs: number; probeTimeoutMs: number };
   };

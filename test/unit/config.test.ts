@@ -68,6 +68,7 @@ t.test("bad configs are refused with the field's name", async (t) => {
     [{ ...good, healthCheck: { send: "PING" } }, /expect: expected a string/],
     [{ ...good, healthCheck: { send: "", expect: "x" } }, /send: expected a string of 1/],
     [{ ...good, healthCheck: { send: "a", expect: "b", timeoutMs: 0 } }, /timeoutMs/],
+    [{ ...good, healthCheck: { send: "a", expect: "ok ✓" } }, /expect: only characters U\+0000 to U\+00FF/],
     [
       { ...good, healthCheck: { send: "a", expect: "b", retries: 3 } },
       /healthCheck: unknown field "retries"/,

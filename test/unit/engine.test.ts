@@ -93,6 +93,26 @@ class Scenario {
     return this.drain();
   }
 
+  private readonly answered = new Set<number>();
+
+  /** Answers "alive" to every candidate-for-promotion probe (the election after a failure) and
+   * returns everything the engine emitted meanwhile. */
+  candidates(): TcpSegment[] {
+    const out = this.drain();
+    for (let i = 0; i < 10; i++) {
+      const asked = this.probes.filter(
+        (p) => p.reason.endsWith("candidate for promotion") && !this.answered.has(p.id),
+      );
+      if (asked.length === 0) break;
+      for (const p of asked) {
+        this.answered.add(p.id);
+        this.engine.probeResult(p.id, true, this.now);
+      }
+      out.push(...this.drain());
+    }
+    return out;
+  }
+
   drain(): TcpSegment[] {
     const out: TcpSegment[] = [];
     for (const o of this.engine.drain()) {
@@ -789,11 +809,15 @@ t.test("closing alone is confirmed by a probe of the original's port", async (t)
   alive.engine.probeResult(alive.probes[0]!.id, true, alive.now);
   alive.tick(50);
   t.equal(alive.engine.stats().failures.promotions, 0, "alive: a normal close, only the replica is slow");
-  t.equal(alive.probes.length, 1, "and the same close is not probed again");
-  t.same(alive.engine.stats().failures.probes, { sent: 1, alive: 1, dead: 0 });
+  t.same(
+    alive.probes.map((p) => p.target),
+    ["original", "r1"],
+    "the original, and at once the replica that would replace it; the same close not again",
+  );
+  t.same(alive.engine.stats().failures.probes, { sent: 2, alive: 1, dead: 0, unknown: 0 });
   const dead = setup();
   dead.engine.probeResult(dead.probes[0]!.id, false, dead.now);
-  dead.drain();
+  dead.candidates();
   t.equal(dead.engine.stats().failures.promotions, 1, "refused: the original is dead, fail over");
   t.match(
     dead.events.find((e) => e.type === "original-failure"),
@@ -832,7 +856,7 @@ t.test("a stall is suspected after a few ms and confirmed by an unanswered probe
   const dead = setup();
   t.match(dead.probes, [{ target: "original", reason: /stopped answering|stopped acknowledging/ }]);
   dead.engine.probeResult(dead.probes[0]!.id, false, dead.now);
-  const out = dead.drain();
+  const out = dead.candidates();
   t.equal(dead.engine.stats().failures.promotions, 1, "no answer: fail over now, not after replyStallMs");
   t.ok(
     out.some((s) => s.dst === CLIENT && text(s.payload) === ":2\r\n"),
@@ -841,9 +865,14 @@ t.test("a stall is suspected after a few ms and confirmed by an unanswered probe
   const frozen = setup();
   frozen.engine.probeResult(frozen.probes[0]!.id, true, frozen.now);
   frozen.tick(40);
-  t.equal(frozen.probes.length, 1, "kernel alive: the same stall is not probed again");
+  t.equal(
+    frozen.probes.filter((p) => p.target === "original").length,
+    1,
+    "kernel alive: the same stall is not probed again",
+  );
   t.equal(frozen.engine.stats().failures.promotions, 0);
   frozen.tick(20);
+  frozen.candidates();
   t.equal(frozen.engine.stats().failures.promotions, 1, "but the application stays silent: replyStallMs");
 });
 
@@ -892,7 +921,7 @@ t.test("after a promotion, the new original's close waits for the other replicas
   const probe = dying.probes.find((p) => p.target === "original");
   t.match(probe, { reason: /closed after a promotion/ }, "the new original is probed");
   dying.engine.probeResult(probe!.id, false, dying.now);
-  out = dying.drain();
+  out = dying.candidates();
   t.equal(dying.engine.stats().failures.promotions, 2, "r2 promoted");
   t.ok(
     out.some((s) => s.dst === CLIENT && s.flags & RST),
@@ -928,6 +957,7 @@ t.test("a dead probe answer waits for what was captured before the probe", async
     sentUs / 1000 + 0.2,
   );
   sc.tick(0);
+  sc.candidates();
   t.match(
     sc.events.find((e) => e.type === "promoted"),
     { replica: "r2", spliced: 1 },
@@ -945,7 +975,205 @@ t.test("a dead probe answer acts after CATCH_UP_MS even if a channel stays behin
   sc.tick(4);
   t.equal(sc.engine.stats().failures.promotions, 0, "still waiting");
   sc.tick(1);
+  sc.candidates();
   t.equal(sc.engine.stats().failures.promotions, 1, "5 ms later it acts anyway");
+});
+
+t.test("stray SYNs from the appliance's address do not push out a pending NAT binding", async (t) => {
+  const sc = new Scenario(config(), [R1]);
+  // The appliance's own probes come from the SNAT address too: the engine cannot tell their SYNs
+  // from the kernel path's until a client SYN matches.
+  const stray = (n: number, base: number) => {
+    for (let i = 0; i < n; i++)
+      sc.feed(seg({ src: SNAT, dst: ORIGINAL, srcPort: base + i, dstPort: PORT, seq: base + i, flags: SYN }));
+  };
+  stray(1023, 30000);
+  sc.natSyn(); // the kernel path's SYN, captured before the client's (channel skew)
+  stray(5, 40000);
+  sc.clientSyn();
+  sc.originalSynAck();
+  const out = sc.client("");
+  t.ok(
+    out.some((x) => x.dst === R1 && x.flags & SYN),
+    "the connection is bound and replicated",
+  );
+  t.equal(sc.engine.stats().connections.notReplicated, 0);
+});
+
+t.test("after a promotion, nothing from the fenced original reaches the client", async (t) => {
+  const sc = probing([R1]);
+  sc.original("", FIN | ACK); // the original dies: its FIN is held...
+  sc.tick(2);
+  const probe = sc.probes.find((p) => p.target === "original")!;
+  sc.engine.probeResult(probe.id, false, sc.now, "ECONNREFUSED");
+  sc.candidates();
+  t.equal(sc.engine.stats().failures.promotions, 1);
+  sc.originalSent--; // ...and its orphaned kernel socket retransmits that FIN
+  const out = sc.original("", FIN | ACK);
+  t.same(
+    out.filter((x) => x.dst === CLIENT),
+    [],
+    "the retransmitted FIN is not relayed",
+  );
+  t.equal(sc.engine.stats().packets.notFromOriginal, 1, "counted");
+});
+
+t.test("the original's refusal of a new connection waits for a probe", async (t) => {
+  const refused = (probes: boolean) => {
+    const cfg = config();
+    cfg.failure.autoFailover = true;
+    cfg.failure.probes = probes;
+    const sc = new Scenario(cfg, [R1]);
+    sc.clientSyn();
+    sc.natSyn();
+    const rst = seg({
+      src: ORIGINAL,
+      dst: SNAT,
+      srcPort: PORT,
+      dstPort: CPORT,
+      seq: 0,
+      ack: (sc.clientIsn + 1) >>> 0,
+      flags: RST | ACK,
+    });
+    return { sc, out: sc.feed(rst) };
+  };
+  const plain = refused(false);
+  t.ok(
+    plain.out.some((x) => x.dst === CLIENT && x.flags & RST),
+    "without probes the refusal goes out at once",
+  );
+  const alive = refused(true);
+  t.same(
+    alive.out.filter((x) => x.dst === CLIENT),
+    [],
+    "held",
+  );
+  t.match(alive.sc.probes, [{ target: "original", reason: /refused a connection/ }]);
+  alive.sc.engine.probeResult(alive.sc.probes[0]!.id, true, alive.sc.now);
+  t.ok(
+    alive.sc.drain().some((x) => x.dst === CLIENT && x.flags & RST),
+    "the port is open after all: the refusal goes out",
+  );
+  const dead = refused(true);
+  dead.sc.engine.probeResult(dead.sc.probes[0]!.id, false, dead.sc.now, "ECONNREFUSED");
+  const out = dead.sc.candidates();
+  t.equal(dead.sc.engine.stats().failures.promotions, 1, "a closed service port fails the original over");
+  t.notOk(
+    out.some((x) => x.dst === CLIENT && x.flags & RST),
+    "the refusal is dropped: the client's SYN retransmission reaches the new original",
+  );
+  t.same(dead.sc.engine.stats().failures.refusals, { held: 0, dropped: 1 });
+});
+
+t.test("an unanswered SYN rebinds to the NAT port of its retransmission", async (t) => {
+  const sc = new Scenario(config(), [R1]);
+  sc.clientSyn();
+  sc.natSyn(); // to the original, which never answers (fenced, gone)
+  // After the failover the client's retransmitted SYN is NATed from another port.
+  sc.feed(
+    seg({ src: SNAT, dst: ORIGINAL, srcPort: CPORT + 1, dstPort: PORT, seq: sc.clientIsn, flags: SYN }),
+  );
+  sc.feed(
+    seg({
+      src: ORIGINAL,
+      dst: SNAT,
+      srcPort: PORT,
+      dstPort: CPORT + 1,
+      seq: sc.originalIsn,
+      ack: (sc.clientIsn + 1) >>> 0,
+      flags: SYN | ACK,
+    }),
+  );
+  const out = sc.client("");
+  t.ok(
+    out.some((x) => x.dst === R1 && x.flags & SYN),
+    "bound through the new port: replicated",
+  );
+});
+
+t.test("a probe that could not be made is no verdict", async (t) => {
+  const cfg = config();
+  cfg.failure.autoFailover = true;
+  cfg.failure.probes = true;
+  cfg.failure.probeIntervalMs = 500;
+  const sc = new Scenario(cfg, [R1]);
+  sc.tick(1);
+  const periodic = sc.probes.find((p) => p.target === "original")!;
+  sc.engine.probeResult(periodic.id, undefined, sc.now, "EADDRNOTAVAIL");
+  sc.candidates();
+  t.equal(sc.engine.stats().failures.detected, 0, "a local error says nothing about the original");
+  t.equal(sc.engine.stats().failures.probes.unknown, 1);
+  sc.tick(500);
+  t.ok(
+    sc.probes.some((p) => p.target === "original" && p.id !== periodic.id),
+    "asked again at the next interval",
+  );
+});
+
+t.test("a dead answer loses to a newer alive one", async (t) => {
+  const cfg = config();
+  cfg.failure.autoFailover = true;
+  cfg.failure.probes = true;
+  cfg.failure.probeIntervalMs = 500;
+  const sc = new Scenario(cfg, [R1]);
+  sc.open();
+  sc.replicaSynAck(R1, 1);
+  sc.tick(1);
+  const periodic = sc.probes.find((p) => p.target === "original" && p.reason === "periodic probe")!;
+  sc.client("q"); // the original is slow to acknowledge: evidence, a probe of its own
+  sc.tick(3);
+  const evidence = sc.probes.find((p) => p.target === "original" && p.id !== periodic.id)!;
+  t.ok(evidence, "an evidence probe does not wait for the periodic one");
+  sc.engine.probeResult(evidence.id, true, sc.now);
+  sc.engine.probeResult(periodic.id, false, sc.now, "no answer to the handshake"); // lost SYN
+  sc.candidates();
+  t.equal(sc.engine.stats().failures.detected, 0, "the newer alive answer stands");
+});
+
+t.test(
+  "the original and a replica vanish together: the replica is asked before it is promoted",
+  async (t) => {
+    const sc = probing([R1, R2]);
+    sc.client("INCR k\r\n", 1); // neither answers: the original and r1 are gone, silently
+    sc.replica(R2, 1, ":1\r\n", 9);
+    sc.tick(3);
+    const original = sc.probes.find((p) => p.target === "original")!;
+    sc.engine.probeResult(original.id, false, sc.now, "no answer to the handshake");
+    sc.drain();
+    t.equal(sc.engine.stats().failures.promotions, 0, "not promoted blindly");
+    const asked = sc.probes.find((p) => p.reason.endsWith("candidate for promotion"))!;
+    t.equal(asked.target, "r1", "r1 (lowest RTT) is asked first");
+    sc.now += 5;
+    sc.engine.probeResult(asked.id, false, sc.now, "no answer to the handshake");
+    sc.drain();
+    t.same(sc.engine.replicaIds(), ["r2"], "r1 is dead: removed");
+    const out = sc.candidates();
+    t.match(
+      sc.events.find((e) => e.type === "promoted"),
+      { replica: "r2", spliced: 1 },
+    );
+    t.ok(
+      out.some((x) => x.dst === CLIENT && text(x.payload) === ":1\r\n"),
+      "r2's answer reaches the client",
+    );
+  },
+);
+
+t.test("a spliced replica whose FIN came before the promotion is held, then released", async (t) => {
+  const sc = probing([R1, R2]);
+  sc.original("", FIN | ACK);
+  sc.replica(R1, 1, "", 1, FIN | ACK); // r1 closed with the original; r2 did not (yet)
+  sc.engine.promote("r1", sc.now);
+  let out = sc.drain();
+  t.notOk(
+    out.some((x) => x.dst === CLIENT && x.flags & FIN),
+    "held while r2 keeps the connection open",
+  );
+  out = sc.tick(2001);
+  t.ok(
+    out.some((x) => x.dst === CLIENT && x.flags & FIN),
+    "released after finHoldMs without progress from r2",
+  );
 });
 
 t.test("periodic probes find failures when no client is talking", async (t) => {
@@ -976,7 +1204,7 @@ t.test("periodic probes find failures when no client is talking", async (t) => {
   );
   const original = sc.probes.find((p) => p.target === "original")!;
   sc.engine.probeResult(original.id, false, sc.now, "ECONNREFUSED");
-  sc.drain();
+  sc.candidates();
   t.match(
     sc.events.find((e) => e.type === "original-failure"),
     { reason: /periodic probe; probe of its service port: ECONNREFUSED/ },
@@ -999,7 +1227,7 @@ t.test("the unconfirmed stall threshold follows how far the original normally tr
     for (let k = 0; k < trail; k++) {
       sc.tick(1);
       for (const p of sc.probes.splice(0)) {
-        probes++;
+        if (p.target === "original") probes++;
         sc.engine.probeResult(p.id, true, sc.now); // its kernel answers
       }
     }
@@ -1071,7 +1299,7 @@ t.test("the best replica is one whose shadows are open, not one that closed alon
   const probe = sc.probes.find((p) => p.target === "original");
   t.ok(probe, "the original is probed");
   sc.engine.probeResult(probe!.id, false, sc.now);
-  const out = sc.drain();
+  const out = sc.candidates();
   t.match(
     sc.events.find((e) => e.type === "promoted"),
     { replica: "r2", spliced: 1, reset: 0 },
