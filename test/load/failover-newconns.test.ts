@@ -1,5 +1,6 @@
-// Connections opened while the original fails: 8 workers open one new connection after another
-// (connect, PING, +PONG, close) through the VIP; the original is killed mid-run. A SYN that
+// Connections opened while the original fails: 4 workers open one new connection after another
+// (connect, PING, +PONG, close, 10 ms pause: ~300 connections a second, each replicated to 2
+// replicas) through the VIP; the original is killed mid-run. A SYN that
 // reached the dying original just before the fence must not hang on a stale conntrack entry
 // (link) nor be refused by the dead service (process): every connection gets its +PONG, from the
 // old original or the new one.
@@ -17,7 +18,7 @@ for (const mode of ["process", "link"] as const) {
     const topo = state.topology;
     const loop = inNs(
       topo.client.namespace,
-      [process.execPath, LOOP, topo.appliance.vip, "6379", "5", "8"],
+      [process.execPath, LOOP, topo.appliance.vip, "6379", "5", "4", "10"],
       60_000,
     );
     await sleep(1500);
