@@ -3,6 +3,7 @@
 // config that is not fully valid.
 import { isIPv4 } from "./nft.js";
 import { DEFAULT_LIMITS, type EngineLimits } from "../replica/types.js";
+import type { HealthCheck } from "./probe.js";
 
 export class ConfigError extends Error {}
 
@@ -42,12 +43,6 @@ export interface FailureTuning {
   ackStallMs: number;
   probeTimeoutMs: number;
   probeIntervalMs: number;
-}
-
-export interface HealthCheck {
-  send: string;
-  expect: string;
-  timeoutMs: number;
 }
 
 const FAILURE_DEFAULTS: FailureTuning = {

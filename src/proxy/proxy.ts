@@ -1,18 +1,8 @@
 // The appliance's data plane at run time: installs the kernel path and the replication rules,
 // captures, feeds the engine, injects what it produces, and runs its timers. Started and stopped
 // as a unit; stop() (also on SIGINT/SIGTERM) removes everything it added to the system.
-import { connect, createServer, type Server, type Socket } from "node:net";
-
-/** Probe errors that say the target is dead (anything else is a local failure: no verdict). */
-const PROBE_DEAD_ERRORS = new Set([
-  "ECONNREFUSED",
-  "ECONNRESET",
-  "EHOSTUNREACH",
-  "ENETUNREACH",
-  "EHOSTDOWN",
-  "ETIMEDOUT",
-  "EPIPE",
-]);
+import { createServer, type Server } from "node:net";
+import { probe, type ProbeHandle } from "./probe.js";
 import { rm } from "node:fs/promises";
 import { setPriority } from "node:os";
 import type { Logger } from "pino";
@@ -57,7 +47,7 @@ export class Proxy {
   private currentOriginal: string;
   private readonly fenced = new Set<string>();
   private kernelUpdate: Promise<void> = Promise.resolve();
-  private readonly probeSockets = new Set<Socket>();
+  private readonly probes = new Set<ProbeHandle>();
   /** After stop(): no more ticks, probes or kernel changes. */
   private stopped = false;
   readonly engine: ReplicationEngine;
@@ -192,14 +182,7 @@ export class Proxy {
     }
   }
 
-  /**
-   * Is `address`:port alive? The TCP handshake must complete within `timeoutMs` (a refusal answers
-   * at once; a vanished host or link does not answer); then, with a health check configured, the
-   * application must answer it within its own timeout (a frozen or dying process keeps its
-   * listening socket, so the kernel still completes handshakes for it). Deadlines are checked only
-   * after the event loop polled for I/O once more (setImmediate): a busy loop never mistakes an
-   * answer it has not read yet for silence.
-   */
+  /** Probes a backend for the engine (see probe.ts) and hands it the verdict. */
   private probe(
     id: number,
     target: string,
@@ -208,31 +191,19 @@ export class Proxy {
     reason: string,
     periodic: boolean,
   ): void {
-    const check = this.config.healthCheck;
-    const started = performance.now();
     // Capture times are CLOCK_REALTIME µs: Date.now() reads the same clock (performance.timeOrigin
     // plus a monotonic offset drifts from it over hours). The engine waits for captures to pass it.
     const sentUs = Date.now() * 1000;
-    const sock = connect({ host: address, port: this.config.port });
-    this.probeSockets.add(sock);
-    let done = false;
-    let timer: NodeJS.Timeout | undefined;
-    // Each deadline has its phase: a handshake deadline whose callback was queued (setImmediate)
-    // just as the handshake completed must not fail the health check that followed.
-    let phase = 0;
-    const deadline = (ms: number, why: string) => {
-      clearTimeout(timer);
-      const mine = ++phase;
-      timer = setTimeout(() => setImmediate(() => mine === phase && answer(false, why)), ms);
+    const req = {
+      address,
+      port: this.config.port,
+      timeoutMs,
+      healthCheck: this.config.healthCheck,
+      periodic,
     };
-    const answer = (alive: boolean | undefined, why: string) => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      sock.destroy();
-      this.probeSockets.delete(sock);
+    const handle = probe(req, ({ alive, why, ms }) => {
+      this.probes.delete(handle);
       if (this.stopped) return;
-      const ms = performance.now() - started;
       if (alive) this.log.debug({ target, address, why, ms, reason }, "probe answered");
       else
         this.log.warn(
@@ -241,27 +212,8 @@ export class Proxy {
         );
       this.engine.probeResult(id, alive, performance.now(), why, sentUs);
       this.flush();
-    };
-    deadline(timeoutMs, "no answer to the handshake");
-    sock.once("connect", () => {
-      if (!check) return answer(true, "connected");
-      deadline(check.timeoutMs * (periodic ? 4 : 1), "no answer to the health check");
-      let got = "";
-      sock.setEncoding("latin1");
-      sock.on("data", (d: string) => {
-        got += d;
-        if (got.startsWith(check.expect)) answer(true, "health check answered");
-        else if (got.length >= check.expect.length) answer(false, "wrong answer to the health check");
-      });
-      sock.once("end", () => answer(false, "closed during the health check"));
-      sock.write(check.send, "latin1");
     });
-    sock.once("error", (e: NodeJS.ErrnoException) => {
-      // What the target (or the network toward it) said is a verdict; a local failure to make
-      // the probe (no free port, no memory, too many files) is not.
-      const verdict = PROBE_DEAD_ERRORS.has(e.code ?? "") ? false : undefined;
-      answer(verdict, e.code ?? e.message);
-    });
+    this.probes.add(handle);
   }
 
   /** New connections go to the new original; the old one is fenced (nothing to it or from it). */
@@ -405,8 +357,8 @@ export class Proxy {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
-    for (const sock of this.probeSockets) sock.destroy();
-    this.probeSockets.clear();
+    for (const p of this.probes) p.cancel();
+    this.probes.clear();
     this.captures?.client.close();
     this.captures?.backend.close();
     this.captures = undefined;

@@ -33,6 +33,8 @@ const CLOSE_ALONE = "the original closed a connection its replicas keep open";
 const STALL_PROBE_INTERVAL_MS = 20;
 const PERIODIC = "periodic probe";
 const CANDIDATE = "candidate for promotion";
+/** Probe answers that are certain: the target's kernel said nothing listens. */
+const REFUSALS = new Set(["ECONNREFUSED", "ECONNRESET"]);
 /** Refusals held at once; beyond, they go to their clients unheld. */
 const MAX_HELD_REFUSALS = 1024;
 /** A held refusal goes out after this long whatever happens (the probe was lost). */
@@ -191,6 +193,7 @@ interface ReplicaCounters {
 /** A probe asked of the I/O edge, not answered yet. */
 interface PendingProbe {
   target: string;
+  timeoutMs: number;
   /** Asked without evidence: an evidence-based probe does not wait for it. */
   periodic: boolean;
   sentAt: number;
@@ -732,7 +735,7 @@ export class ReplicationEngine {
     }
     this.lastProbeAt.set(target, now);
     const id = this.nextProbeId++;
-    this.probes.set(id, { target, sentAt: now, reason, periodic });
+    this.probes.set(id, { target, sentAt: now, reason, periodic, timeoutMs });
     this.probeCounters.sent++;
     this.out.push({ type: "probe", id, target, address, timeoutMs: Math.ceil(timeoutMs), reason, periodic });
   }
@@ -763,6 +766,15 @@ export class ReplicationEngine {
         else r.suspect = undefined;
       }
       if (this.election) this.runElection(now);
+      return;
+    }
+    if (p.periodic && !REFUSALS.has(why)) {
+      // No evidence and only silence: one lost SYN (a busy kernel) must not remove a backend.
+      // Asked again at once; that answer decides.
+      this.probeCounters.unknown++;
+      const address = p.target === "original" ? this.original : this.replicas.get(p.target)?.info.address;
+      if (address !== undefined)
+        this.requestProbe(p.target, address, `${p.reason} unanswered`, now, p.timeoutMs);
       return;
     }
     this.probeCounters.dead++;

@@ -1192,9 +1192,21 @@ t.test("periodic probes find failures when no client is talking", async (t) => {
     ],
     "every backend, with 4 × the probe timeout",
   );
-  for (const p of sc.probes.splice(0)) sc.engine.probeResult(p.id, p.target !== "r2", sc.now);
+  for (const p of sc.probes.splice(0)) {
+    if (p.target === "r2") sc.engine.probeResult(p.id, false, sc.now, "no answer to the handshake");
+    else sc.engine.probeResult(p.id, true, sc.now);
+  }
   sc.drain();
-  t.same(sc.engine.replicaIds(), ["r1"], "a replica that does not answer is removed");
+  t.same(sc.engine.replicaIds(), ["r1", "r2"], "one silent periodic probe removes nothing...");
+  const again = sc.probes.splice(0);
+  t.match(
+    again,
+    [{ target: "r2", reason: /periodic probe unanswered/, timeoutMs: 20 }],
+    "...it is asked again",
+  );
+  sc.engine.probeResult(again[0]!.id, false, sc.now, "no answer to the handshake");
+  sc.drain();
+  t.same(sc.engine.replicaIds(), ["r1"], "a replica that does not answer twice is removed");
   sc.tick(100);
   t.equal(sc.probes.length, 0, "nothing before the interval");
   sc.tick(400);

@@ -1,0 +1,94 @@
+// Probing a backend's service port: can a TCP connection be made, and (with a health check) does
+// the application answer? The verdict says alive (true), dead (false) or nothing (undefined: the
+// probe could not be made here, a local error).
+import { connect } from "node:net";
+
+export interface HealthCheck {
+  send: string;
+  expect: string;
+  timeoutMs: number;
+}
+
+export interface ProbeRequest {
+  address: string;
+  port: number;
+  /** Deadline for the TCP handshake. */
+  timeoutMs: number;
+  healthCheck?: HealthCheck | undefined;
+  /** Asked without evidence: the health check gets 4 × its timeout. */
+  periodic?: boolean;
+}
+
+export interface ProbeAnswer {
+  alive: boolean | undefined;
+  why: string;
+  ms: number;
+}
+
+/** Errors that say the target (or the network toward it) is dead; anything else is local. */
+const DEAD_ERRORS = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "EHOSTDOWN",
+  "ETIMEDOUT",
+  "EPIPE",
+]);
+
+/** A probe under way: cancel() ends it without an answer. */
+export interface ProbeHandle {
+  cancel(): void;
+}
+
+/**
+ * Starts a probe; `done` is called exactly once, unless it is cancelled first (then never). Deadlines are checked only after the event loop polled for I/O once more
+ * (setImmediate), and each deadline belongs to its phase: a busy loop never turns an answer it has
+ * not read yet into "dead", and a handshake deadline queued just as the handshake completed
+ * cannot fail the health check that followed.
+ */
+export function probe(req: ProbeRequest, done: (answer: ProbeAnswer) => void): ProbeHandle {
+  const check = req.healthCheck;
+  const started = performance.now();
+  const sock = connect({ host: req.address, port: req.port });
+  let finished = false;
+  let timer: NodeJS.Timeout | undefined;
+  let phase = 0;
+  const deadline = (ms: number, why: string) => {
+    clearTimeout(timer);
+    const mine = ++phase;
+    timer = setTimeout(() => setImmediate(() => mine === phase && answer(false, why)), ms);
+  };
+  const answer = (alive: boolean | undefined, why: string) => {
+    if (finished) return;
+    finished = true;
+    clearTimeout(timer);
+    sock.destroy();
+    done({ alive, why, ms: performance.now() - started });
+  };
+  sock.once("close", () => clearTimeout(timer));
+  deadline(req.timeoutMs, "no answer to the handshake");
+  sock.once("connect", () => {
+    if (!check) return answer(true, "connected");
+    deadline(check.timeoutMs * (req.periodic ? 4 : 1), "no answer to the health check");
+    let got = "";
+    sock.setEncoding("latin1");
+    sock.on("data", (d: string) => {
+      got += d;
+      if (got.startsWith(check.expect)) answer(true, "health check answered");
+      else if (got.length >= check.expect.length) answer(false, "wrong answer to the health check");
+    });
+    sock.once("end", () => answer(false, "closed during the health check"));
+    sock.write(check.send, "latin1");
+  });
+  sock.once("error", (e: NodeJS.ErrnoException) =>
+    answer(DEAD_ERRORS.has(e.code ?? "") ? false : undefined, e.code ?? e.message),
+  );
+  return {
+    cancel: () => {
+      finished = true;
+      clearTimeout(timer);
+      sock.destroy();
+    },
+  };
+}
