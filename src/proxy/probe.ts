@@ -52,6 +52,10 @@ export function probe(req: ProbeRequest, done: (answer: ProbeAnswer) => void): P
   const started = performance.now();
   const sock = connect({ host: req.address, port: req.port });
   let finished = false;
+  let connected = false;
+  // Connected, a probe ends with a RST: the target's kernel then sends nothing more toward the
+  // appliance (no FIN exchange, no TIME_WAIT here), so little can be mistaken for a client's.
+  const close = () => (connected ? sock.resetAndDestroy() : sock.destroy());
   let timer: NodeJS.Timeout | undefined;
   let phase = 0;
   const deadline = (ms: number, why: string) => {
@@ -63,12 +67,13 @@ export function probe(req: ProbeRequest, done: (answer: ProbeAnswer) => void): P
     if (finished) return;
     finished = true;
     clearTimeout(timer);
-    sock.destroy();
+    close();
     done({ alive, why, ms: performance.now() - started });
   };
   sock.once("close", () => clearTimeout(timer));
   deadline(req.timeoutMs, "no answer to the handshake");
   sock.once("connect", () => {
+    connected = true;
     if (!check) return answer(true, "connected");
     deadline(check.timeoutMs * (req.periodic ? 4 : 1), "no answer to the health check");
     let got = "";
@@ -88,7 +93,7 @@ export function probe(req: ProbeRequest, done: (answer: ProbeAnswer) => void): P
     cancel: () => {
       finished = true;
       clearTimeout(timer);
-      sock.destroy();
+      close();
     },
   };
 }

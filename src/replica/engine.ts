@@ -33,6 +33,8 @@ const CLOSE_ALONE = "the original closed a connection its replicas keep open";
 const STALL_PROBE_INTERVAL_MS = 20;
 const PERIODIC = "periodic probe";
 const CANDIDATE = "candidate for promotion";
+/** How far (bytes) a segment of the original may be from where its connection is. */
+const FOREIGN_WINDOW = 64 * 1024 * 1024;
 /** Probe answers that are certain: the target's kernel said nothing listens. */
 const REFUSALS = new Set(["ECONNREFUSED", "ECONNRESET"]);
 /** Refusals held at once; beyond, they go to their clients unheld. */
@@ -1268,6 +1270,10 @@ export class ReplicationEngine {
       this.holdUnbound(seg, now);
       return;
     }
+    if (this.foreign(conn, seg)) {
+      this.counters.notFromOriginal++;
+      return;
+    }
     this.lastFromOriginal = { at: now, captureUs: this.captureUs };
     if (seg.payload.length > 0) this.lastDataFromOriginal = this.lastFromOriginal;
     const ots = findOption(seg.options, "timestamp");
@@ -1362,6 +1368,27 @@ export class ReplicationEngine {
     }
     this.checkGaps(conn, now);
     this.enforceLimits(conn);
+  }
+
+  /**
+   * A segment to the SNAT address from the original's port that is not this connection's: the
+   * appliance's own probes come from the same address, with local ports that may equal a NAT port
+   * (the original's answers to a probe then name a client connection's port). A SYN-ACK or a
+   * refusal must acknowledge the client's SYN; other segments must fall near the connection's
+   * sequence and acknowledgement offsets (capture skew is far below FOREIGN_WINDOW).
+   */
+  private foreign(conn: ReplicatedConnection, seg: TcpSegment): boolean {
+    const acksClientSyn = (seg.flags & ACK) !== 0 && seg.ack === seqAdd(conn.clientIsn, 1);
+    if (seg.flags & SYN) return !acksClientSyn;
+    if (conn.phase === "syn" || conn.originalIsn === undefined)
+      return (seg.flags & ACK) !== 0 && !acksClientSyn;
+    const near = (x: number, lo: number, hi: number) => x >= lo - FOREIGN_WINDOW && x <= hi + FOREIGN_WINDOW;
+    if (seg.flags & ACK) {
+      const ackOff = toOffset(seg.ack, conn.clientIsn, conn.originalAckOffset);
+      if (!near(ackOff, conn.originalAckOffset, conn.client.end + 1)) return true;
+    }
+    const off = toOffset(seg.seq, conn.originalIsn, conn.original.end);
+    return !near(off, conn.original.end, conn.original.end);
   }
 
   /** The original's segment as the kernel path would have delivered it to the client. */

@@ -1176,6 +1176,54 @@ t.test("a spliced replica whose FIN came before the promotion is held, then rele
   );
 });
 
+t.test("the original's answers to a probe that shares a NAT port are not the connection's", async (t) => {
+  const sc = probing([R1]);
+  const before = sc.engine.stats();
+  // The appliance's probe used local port CPORT too: the original's SYN-ACK, data and FIN for it.
+  const probeIsn = 777_777;
+  const theirs = 123_456_789;
+  const out = [
+    ...sc.feed(
+      seg({
+        src: ORIGINAL,
+        dst: SNAT,
+        srcPort: PORT,
+        dstPort: CPORT,
+        seq: theirs,
+        ack: probeIsn + 1,
+        flags: SYN | ACK,
+      }),
+    ),
+    ...sc.feed(
+      seg({
+        src: ORIGINAL,
+        dst: SNAT,
+        srcPort: PORT,
+        dstPort: CPORT,
+        seq: theirs + 1,
+        ack: probeIsn + 7,
+        flags: ACK | FIN,
+        payload: bytes("+PONG\r\n"),
+      }),
+    ),
+  ];
+  t.same(
+    out.filter((x) => x.dst === CLIENT),
+    [],
+    "nothing reaches the client",
+  );
+  const after = sc.engine.stats();
+  t.equal(
+    after.packets.notFromOriginal - before.packets.notFromOriginal,
+    2,
+    "both counted as not the original's",
+  );
+  t.equal(after.originalBytes, before.originalBytes, "no reply bytes taken");
+  t.equal(after.captureGaps, 0, "no false capture gap");
+  sc.tick(10);
+  t.equal(sc.probes.filter((p) => p.target === "original").length, 0, "and no held close to probe");
+});
+
 t.test("periodic probes find failures when no client is talking", async (t) => {
   const cfg = config();
   cfg.failure.autoFailover = true;
