@@ -1380,8 +1380,10 @@ export class ReplicationEngine {
   private foreign(conn: ReplicatedConnection, seg: TcpSegment): boolean {
     const acksClientSyn = (seg.flags & ACK) !== 0 && seg.ack === seqAdd(conn.clientIsn, 1);
     if (seg.flags & SYN) return !acksClientSyn;
-    if (conn.phase === "syn" || conn.originalIsn === undefined)
-      return (seg.flags & ACK) !== 0 && !acksClientSyn;
+    // Before its SYN-ACK only a refusal can be the original's (it acknowledges the client's SYN).
+    // After it (even while the client's handshake is not seen yet: capture skew) the offsets decide.
+    if (conn.originalIsn === undefined)
+      return (seg.flags & RST) !== 0 && (seg.flags & ACK) !== 0 && !acksClientSyn;
     const near = (x: number, lo: number, hi: number) => x >= lo - FOREIGN_WINDOW && x <= hi + FOREIGN_WINDOW;
     if (seg.flags & ACK) {
       const ackOff = toOffset(seg.ack, conn.clientIsn, conn.originalAckOffset);

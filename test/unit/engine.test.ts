@@ -1224,6 +1224,22 @@ t.test("the original's answers to a probe that shares a NAT port are not the con
   t.equal(sc.probes.filter((p) => p.target === "original").length, 0, "and no held close to probe");
 });
 
+t.test("the original's first bytes before the client's handshake ACK are still its own", async (t) => {
+  const sc = new Scenario(config(), [R1]);
+  sc.clientSyn();
+  sc.natSyn();
+  sc.originalSynAck();
+  // The client's ACK and request are captured on one channel, the original's answer on the other,
+  // and the answer is handled first: it acknowledges a request the engine has not seen yet.
+  sc.clientSent = 3;
+  sc.original("+OK hello\r\n");
+  sc.clientSent = 0;
+  sc.client("GET");
+  const st = sc.engine.stats();
+  t.equal(st.originalBytes, 11, "taken");
+  t.equal(st.packets.notFromOriginal, 0, "not mistaken for a probe's");
+});
+
 t.test("periodic probes find failures when no client is talking", async (t) => {
   const cfg = config();
   cfg.failure.autoFailover = true;
