@@ -29,7 +29,7 @@ interface Download {
 const file = WWW_FILES.reduce((a, b) => (b.size > a.size ? b : a));
 const want = expectedSha256(file.name);
 
-for (const mode of ["process", "link"] as const) {
+for (const mode of ["process", "freeze", "link", "host"] as const) {
   t.test(
     `a ${file.size / 2 ** 20} MiB download in progress when the original dies (${mode}) completes with the right SHA-256`,
     async (t) => {

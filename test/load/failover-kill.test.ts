@@ -1,5 +1,5 @@
 // Automatic failover for each way the original can fail (lab kill process|freeze|link|host):
-// 20 connections each INCRementing its own counter through the VIP see a gap-free sequence and no
+// 50 connections each INCRementing its own counter through the VIP see a gap-free sequence and no
 // error; afterwards the new original and the remaining replica hold the same dataset.
 import t from "tap";
 import type { IncrLoopResult } from "../fixtures/incr-loop.js";
@@ -11,12 +11,12 @@ import { queryStats } from "../../src/proxy/stats-client.js";
 const INCR = fileURLToPath(new URL("../fixtures/incr-loop.js", import.meta.url));
 
 for (const mode of ["process", "freeze", "link", "host"] as const) {
-  t.test(`original fails (${mode}) under 20 INCR loops`, async (t) => {
+  t.test(`original fails (${mode}) under 50 INCR loops`, async (t) => {
     const state = await withLab(t, `fk${mode.slice(0, 3)}`, 2, "redis", true);
     const topo = state.topology;
     const loops = inNs(
       topo.client.namespace,
-      [process.execPath, INCR, topo.appliance.vip, "20", "4"],
+      [process.execPath, INCR, topo.appliance.vip, "50", "4"],
       60_000,
     );
     await sleep(1500);
