@@ -243,6 +243,9 @@ export class ReplicationEngine {
   /** Per target ("original" or replica id): when the last probe answered alive was sent. Evidence
    * older than that is explained (the target was alive after it) and is not probed again. */
   private readonly aliveAt = new Map<string, number>();
+  /** Candidates silent to their election probe: not promoted while a patient second probe decides
+   * whether they are dead (silence alone, on a busy machine, does not remove a replica). */
+  private readonly passedOver = new Set<string>();
   /** How long the original trails its fastest replica when it answers later than one. */
   private originalLag = new DelayEstimator();
   /** Handshake RTT from the appliance to the original. */
@@ -345,6 +348,7 @@ export class ReplicationEngine {
     if (!this.replicas.has(id)) throw new Error(`no replica ${id}`);
     for (const [k, p] of this.probes) if (p.target === id) this.probes.delete(k);
     this.aliveAt.delete(id);
+    this.passedOver.delete(id);
     this.lastProbeAt.delete(id);
     for (const c of this.conns.values()) {
       const s = c.shadows.get(id);
@@ -729,6 +733,7 @@ export class ReplicationEngine {
     reason: string,
     now: number,
     timeoutMs: number,
+    patient = false,
   ): void {
     const periodic = reason.endsWith(PERIODIC);
     for (const p of this.probes.values()) {
@@ -739,7 +744,16 @@ export class ReplicationEngine {
     const id = this.nextProbeId++;
     this.probes.set(id, { target, sentAt: now, reason, periodic, timeoutMs });
     this.probeCounters.sent++;
-    this.out.push({ type: "probe", id, target, address, timeoutMs: Math.ceil(timeoutMs), reason, periodic });
+    // `periodic` tells the edge to be patient with the health check (4 × its timeout).
+    this.out.push({
+      type: "probe",
+      id,
+      target,
+      address,
+      timeoutMs: Math.ceil(timeoutMs),
+      reason,
+      periodic: periodic || patient,
+    });
   }
 
   /**
@@ -762,6 +776,7 @@ export class ReplicationEngine {
       if (p.target === "original") this.releaseRefusals((r) => r.at <= p.sentAt);
       this.probeCounters.alive++;
       this.aliveAt.set(p.target, Math.max(this.aliveAt.get(p.target) ?? -Infinity, p.sentAt));
+      this.passedOver.delete(p.target);
       const r = this.replicas.get(p.target);
       if (r?.suspect && r.suspect.since <= p.sentAt) {
         if (r.suspect.lastAt > p.sentAt) r.suspect = { ...r.suspect, since: r.suspect.lastAt };
@@ -776,7 +791,26 @@ export class ReplicationEngine {
       this.probeCounters.unknown++;
       const address = p.target === "original" ? this.original : this.replicas.get(p.target)?.info.address;
       if (address !== undefined)
-        this.requestProbe(p.target, address, `${p.reason} unanswered`, now, p.timeoutMs);
+        this.requestProbe(p.target, address, `${p.reason} unanswered`, now, p.timeoutMs, true);
+      return;
+    }
+    const candidate = this.replicas.get(p.target);
+    if (candidate && p.reason.endsWith(CANDIDATE) && !REFUSALS.has(why)) {
+      // A candidate silent within the election's short deadline is not promoted (a silently
+      // dying replica must never be), but one slow answer on a loaded machine must not cost a
+      // replica either: it is passed over at once (the next best is asked) and asked again with
+      // a patient deadline; that answer decides whether it is removed.
+      this.probeCounters.unknown++;
+      this.passedOver.add(p.target);
+      this.requestProbe(
+        p.target,
+        candidate.info.address,
+        `${p.reason} unanswered`,
+        now,
+        4 * p.timeoutMs,
+        true,
+      );
+      if (this.election) this.runElection(now);
       return;
     }
     this.probeCounters.dead++;
@@ -987,11 +1021,12 @@ export class ReplicationEngine {
     const doubted = new Set<string>();
     for (const p of this.probes.values())
       if (!p.periodic && !p.reason.endsWith(CANDIDATE)) doubted.add(p.target);
-    let best: { r: ReplicaCounters; trusted: boolean; score: number } | undefined;
+    let best: { r: ReplicaCounters; trusted: number; score: number } | undefined;
     for (const r of this.replicas.values()) {
       if (r.promoted || dying.has(r.info.id)) continue;
-      // Suspected, or asked because of evidence: only when nothing better is left.
-      const trusted = !r.suspect && !doubted.has(r.info.id);
+      // Suspected, or asked because of evidence: only when nothing better is left; passed over
+      // in an election (silent to its probe): last of all.
+      const trusted = this.passedOver.has(r.info.id) ? 0 : !r.suspect && !doubted.has(r.info.id) ? 2 : 1;
       // A shadow still open counts more than one that closed with the original: when the
       // original failed, a replica that closed at the same moment is likely failing with it.
       let score = 0;
@@ -1001,7 +1036,7 @@ export class ReplicationEngine {
       }
       const better =
         !best ||
-        (trusted && !best.trusted) ||
+        trusted > best.trusted ||
         (trusted === best.trusted &&
           (score > best.score ||
             (score === best.score && (r.lastSrttMs ?? Infinity) < (best.r.lastSrttMs ?? Infinity))));

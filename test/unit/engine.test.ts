@@ -15,6 +15,7 @@ const SNAT = ip("10.0.1.1");
 const REPL = ip("10.0.1.2");
 const R1 = ip("10.0.1.11");
 const R2 = ip("10.0.1.12");
+const R3 = ip("10.0.1.13");
 const PORT = 7000;
 const CPORT = 40000;
 
@@ -1146,18 +1147,85 @@ t.test(
     sc.now += 5;
     sc.engine.probeResult(asked.id, false, sc.now, "no answer to the handshake");
     sc.drain();
-    t.same(sc.engine.replicaIds(), ["r2"], "r1 is dead: removed");
+    t.equal(sc.engine.stats().failures.promotions, 0, "a silent candidate is not promoted");
+    const again = sc.probes.find((p) => p.target === "r1" && p.id !== asked.id)!;
+    t.match(again, { reason: /unanswered$/, timeoutMs: 4 * asked.timeoutMs }, "r1 asked again, patiently");
     const out = sc.candidates();
     t.match(
       sc.events.find((e) => e.type === "promoted"),
       { replica: "r2", spliced: 1 },
+      "r2 is asked and promoted without waiting for r1's second answer",
     );
     t.ok(
       out.some((x) => x.dst === CLIENT && text(x.payload) === ":1\r\n"),
       "r2's answer reaches the client",
     );
+    t.same(sc.engine.replicaIds(), ["r1", "r2"], "r1 kept until its second answer");
+    sc.now += 20;
+    sc.engine.probeResult(again.id, false, sc.now, "no answer to the handshake");
+    sc.tick(1);
+    t.same(sc.engine.replicaIds(), ["r2"], "silent twice: r1 is dead, removed");
+    t.equal(sc.engine.stats().failures.replicasFailed, 1, "counted as a replica failure");
   },
 );
+
+t.test("the only replica, slow to answer the election, is promoted on its second answer", async (t) => {
+  const sc = probing([R1]);
+  sc.client("INCR k\r\n", 1);
+  sc.replica(R1, 1, ":1\r\n", 9);
+  sc.tick(3);
+  const original = sc.probes.find((p) => p.target === "original")!;
+  const first = sc.probes.find((p) => p.reason.endsWith("candidate for promotion"))!;
+  sc.engine.probeResult(first.id, false, sc.now, "no answer to the health check");
+  sc.engine.probeResult(original.id, false, sc.now, "no answer to the handshake");
+  sc.tick(1);
+  t.notOk(
+    sc.events.some((e) => e.type === "no-replica-left"),
+    "not declared unreplicated while r1's second answer is awaited",
+  );
+  t.equal(sc.engine.stats().failures.promotions, 0, "not promoted yet");
+  const again = sc.probes.find((p) => p.target === "r1" && p.id !== first.id)!;
+  sc.now += 40;
+  sc.engine.probeResult(again.id, true, sc.now);
+  const out = sc.drain();
+  t.match(
+    sc.events.find((e) => e.type === "promoted"),
+    { replica: "r1", spliced: 1 },
+    "promoted",
+  );
+  t.ok(
+    out.some((x) => x.dst === CLIENT && text(x.payload) === ":1\r\n"),
+    "r1's answer reaches the client",
+  );
+});
+
+t.test("a candidate slow to answer on a loaded machine is passed over, not removed", async (t) => {
+  const sc = probing([R1, R2, R3]);
+  sc.client("INCR k\r\n", 1);
+  sc.replica(R1, 1, ":1\r\n", 9);
+  sc.replica(R2, 1, ":1\r\n", 9);
+  sc.replica(R3, 1, ":1\r\n", 9);
+  sc.tick(3);
+  const original = sc.probes.find((p) => p.target === "original")!;
+  const first = sc.probes.find((p) => p.reason.endsWith("candidate for promotion"))!;
+  t.equal(first.target, "r1", "r1 is the candidate");
+  sc.engine.probeResult(first.id, false, sc.now, "no answer to the health check");
+  sc.engine.probeResult(original.id, false, sc.now, "no answer to the handshake");
+  sc.tick(1);
+  const second = sc.probes.find((p) => p.reason.endsWith("candidate for promotion") && p.id !== first.id)!;
+  t.not(second.target, "r1", "the next best is asked at once");
+  const again = sc.probes.find((p) => p.target === "r1" && p.id !== first.id)!;
+  t.ok(again, "r1 asked again");
+  sc.candidates();
+  t.equal(sc.engine.stats().failures.promotions, 1, "one promotion");
+  t.equal(sc.engine.stats().failures.original, "10.0.1.12", "r2 promoted: not the replica that was slow");
+  sc.now += 30;
+  sc.engine.probeResult(again.id, true, sc.now); // the slow answer comes: r1 lives
+  sc.drain();
+  t.equal(sc.engine.stats().failures.replicasFailed, 0, "no replica removed");
+  t.equal(sc.engine.replicaIds().length, 3, "r1 replicates for the new original");
+  t.equal(sc.engine.stats().failures.probes.unknown, 1, "the silent answer counted as no verdict");
+});
 
 t.test("a spliced replica whose FIN came before the promotion is held, then released", async (t) => {
   const sc = probing([R1, R2]);
