@@ -6,6 +6,12 @@
  * overflows. This helper drains everything the ring holds at each wake-up and writes it in one
  * write(), so a lone packet still leaves at once (immediate mode) while a burst costs one syscall.
  *
+ * Timestamps are CLOCK_MONOTONIC with nanosecond precision (the pcap stream says so with the
+ * nanosecond magic number): the kernel stamps packets with the real-time clock, and the reader
+ * (Node) has no precise real-time clock, only a monotonic one (process.hrtime), so the conversion
+ * happens here, where both clocks can be read back to back. One clock on both sides lets the
+ * engine compare capture times with its own (the RTT of what it sends to replicas).
+ *
  * usage: pcap-pipe DEVICE SNAPLEN BUFFER_BYTES FILTER
  * stderr: "listening on DEVICE linktype N" once capturing, then once a second
  *         "stats received R dropped D ifdropped I" (libpcap's counters).
@@ -26,6 +32,21 @@
 static unsigned char out[OUT_CAP];
 static size_t out_len;
 static volatile sig_atomic_t stop;
+/* CLOCK_REALTIME - CLOCK_MONOTONIC, ns; refreshed before each drain of the ring (an NTP step then
+ * shifts at most the packets already waiting). */
+static int64_t real_minus_mono_ns;
+
+static int64_t ns_of(clockid_t c) {
+  struct timespec t;
+  clock_gettime(c, &t);
+  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static void refresh_clock_offset(void) {
+  int64_t r = ns_of(CLOCK_REALTIME);
+  int64_t m = ns_of(CLOCK_MONOTONIC);
+  real_minus_mono_ns = r - m;
+}
 
 static void on_signal(int sig) { (void)sig; stop = 1; }
 
@@ -51,8 +72,11 @@ static void put32(uint32_t v) {
 static void on_packet(u_char *user, const struct pcap_pkthdr *h, const u_char *bytes) {
   (void)user;
   if (out_len + 16 + h->caplen > OUT_CAP && flush_out() < 0) exit(0);
-  put32((uint32_t)h->ts.tv_sec);
-  put32((uint32_t)h->ts.tv_usec);
+  /* With nanosecond precision libpcap puts nanoseconds in tv_usec. */
+  int64_t mono = (int64_t)h->ts.tv_sec * 1000000000 + h->ts.tv_usec - real_minus_mono_ns;
+  if (mono < 0) mono = 0;
+  put32((uint32_t)(mono / 1000000000));
+  put32((uint32_t)(mono % 1000000000));
   put32(h->caplen);
   put32(h->len);
   memcpy(out + out_len, bytes, h->caplen);
@@ -77,7 +101,8 @@ int main(int argc, char **argv) {
     return 1;
   }
   int snaplen = atoi(argv[2]);
-  if (pcap_set_snaplen(p, snaplen) || pcap_set_buffer_size(p, atoi(argv[3])) || pcap_set_immediate_mode(p, 1)) {
+  if (pcap_set_snaplen(p, snaplen) || pcap_set_buffer_size(p, atoi(argv[3])) || pcap_set_immediate_mode(p, 1) ||
+      pcap_set_tstamp_precision(p, PCAP_TSTAMP_PRECISION_NANO)) {
     fprintf(stderr, "error: cannot configure the capture\n");
     return 1;
   }
@@ -102,7 +127,7 @@ int main(int argc, char **argv) {
   signal(SIGINT, on_signal);
 
   /* pcap file header, native byte order */
-  put32(0xa1b2c3d4);
+  put32(0xa1b23c4d); /* nanosecond timestamps */
   uint16_t ver[2] = {2, 4};
   memcpy(out + out_len, ver, 4);
   out_len += 4;
@@ -118,6 +143,7 @@ int main(int argc, char **argv) {
   while (!stop) {
     int r = poll(&pfd, 1, 100);
     if (r < 0 && errno != EINTR) break;
+    refresh_clock_offset();
     for (;;) {
       int n = pcap_dispatch(p, -1, on_packet, NULL);
       if (n <= 0) break;

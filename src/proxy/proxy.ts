@@ -21,6 +21,14 @@ import {
 } from "./nft.js";
 import type { ProxyConfig } from "./config.js";
 
+/**
+ * The engine's clock (ms): CLOCK_MONOTONIC, the clock capture times are on (native/pcap-pipe.c
+ * converts the kernel's real-time stamps), so the engine can subtract one from the other.
+ */
+export function engineNow(): number {
+  return Number(process.hrtime.bigint()) / 1e6;
+}
+
 export interface ProxyStats {
   engine: EngineStats;
   capture: Record<"client" | "backend", CaptureCounters & { running: boolean }>;
@@ -111,9 +119,9 @@ export class Proxy {
     this.injector = new Injector(c.mark);
     const filters = captureFilters(this.engine.config);
     const sink: CaptureSink = {
-      segment: (seg, capture) => this.engine.onSegment(seg, performance.now(), capture),
+      segment: (seg, capture) => this.engine.onSegment(seg, engineNow(), capture),
       batchEnd: () => {
-        this.engine.flush(performance.now());
+        this.engine.flush(engineNow());
         this.flush();
       },
       reject: (reason) => this.engine.reject(reason),
@@ -191,9 +199,9 @@ export class Proxy {
     reason: string,
     periodic: boolean,
   ): void {
-    // Capture times are CLOCK_REALTIME µs: Date.now() reads the same clock (performance.timeOrigin
-    // plus a monotonic offset drifts from it over hours). The engine waits for captures to pass it.
-    const sentUs = Date.now() * 1000;
+    // The engine waits for captures to pass the probe's send time: capture times are on the same
+    // monotonic clock as engineNow() (native/pcap-pipe.c converts them).
+    const sentUs = engineNow() * 1000;
     const req = {
       address,
       port: this.config.port,
@@ -210,7 +218,7 @@ export class Proxy {
           { target, address, why, ms, reason },
           alive === false ? "probe failed" : "probe not made",
         );
-      this.engine.probeResult(id, alive, performance.now(), why, sentUs);
+      this.engine.probeResult(id, alive, engineNow(), why, sentUs);
       this.flush();
     });
     this.probes.add(handle);
@@ -269,7 +277,7 @@ export class Proxy {
 
   /** Promotes a replica now (external failure signal or planned switchover). */
   async promote(replica: string): Promise<{ spliced: number; reset: number; dropped: number }> {
-    const report = this.engine.promote(replica, performance.now());
+    const report = this.engine.promote(replica, engineNow());
     this.flush(); // sends, and schedules the engine's timers (the new original's probes)
     await this.kernelUpdate;
     return report;
@@ -278,13 +286,13 @@ export class Proxy {
   private tick(): void {
     this.tickQueued = false;
     if (this.stopped) return;
-    const next = this.engine.tick(performance.now());
-    this.engine.flush(performance.now());
+    const next = this.engine.tick(engineNow());
+    this.engine.flush(engineNow());
     this.drainOutputs();
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     if (next !== undefined) {
-      this.timer = setTimeout(() => this.tick(), Math.max(0, next - performance.now()));
+      this.timer = setTimeout(() => this.tick(), Math.max(0, next - engineNow()));
     }
   }
 

@@ -17,6 +17,7 @@ import { formatIPv4 } from "../wire/ipv4.js";
 import { ByteStream } from "./byte-stream.js";
 import { ShadowConversation } from "./shadow.js";
 import { DelayEstimator } from "./estimator.js";
+import { RttTracker, SegmentTimer, type RttSeries } from "./rtt.js";
 import type {
   EngineConfig,
   EngineEvent,
@@ -107,6 +108,16 @@ export class ReplicatedConnection {
   ackToClient = -1;
   /** When the kernel path's SYN to the original was seen (handshake RTT to the original). */
   natSynAt: { at: number; captureUs: number | undefined } | undefined;
+  /** When the original's SYN-ACK went toward the client (µs; handshake RTT to the client), null
+   * once it was retransmitted (which copy the client's ACK answers is unknown). */
+  synAckAtUs: number | null | undefined;
+  /** The client's ACK of the SYN-ACK when it was handled first (the capture channels are not
+   * ordered with each other): timed once the SYN-ACK arrives. */
+  handshakeAckAtUs: number | undefined;
+  /** The original's data timed until the client acknowledges it (client-path RTT). */
+  readonly rttToClient = new SegmentTimer();
+  /** The client's data timed until the original acknowledges it (original-path RTT). */
+  readonly rttToOriginal = new SegmentTimer();
   /** Since when a replica has answered bytes the original has not (failure detection). */
   replyAheadSince: number | undefined;
   /** Since when client bytes a replica acknowledged await the original's acknowledgement. */
@@ -250,6 +261,10 @@ export class ReplicationEngine {
   private originalLag = new DelayEstimator();
   /** Handshake RTT from the appliance to the original. */
   private originalRtt = new DelayEstimator();
+  /** Passive RTT histograms of every path (observability; detection uses its own estimators). */
+  private readonly rtt = new RttTracker();
+  /** The latest engine time seen (stats() reads windowed histograms against it). */
+  private lastNow = 0;
   private replicasFailed = 0;
   private lastStallProbeAt = -Infinity;
   /** The original failed; the best replica is being asked whether it is alive (runElection). */
@@ -359,6 +374,7 @@ export class ReplicationEngine {
       c.shadows.delete(id);
     }
     this.replicas.delete(id);
+    this.rtt.removeReplica(id);
     this.event({ type: "replica-removed", replica: id });
   }
 
@@ -405,6 +421,7 @@ export class ReplicationEngine {
   onSegment(seg: TcpSegment, now: number, capture?: { channel: string; timeUs: number }): void {
     const c = this.config;
     this.captureUs = capture?.timeUs;
+    this.lastNow = now;
     if (capture) {
       const wm = this.watermarkUs.get(capture.channel);
       if (wm === undefined || capture.timeUs > wm) this.watermarkUs.set(capture.channel, capture.timeUs);
@@ -438,6 +455,7 @@ export class ReplicationEngine {
 
   /** Runs timers; returns the next time tick() has work, or undefined. */
   tick(now: number): number | undefined {
+    this.lastNow = now;
     let next: number | undefined;
     const want = (t: number) => {
       if (next === undefined || t < next) next = t;
@@ -1045,7 +1063,17 @@ export class ReplicationEngine {
     return best?.r.info.id;
   }
 
-  stats(): EngineStats {
+  /** When the segment being handled was captured (µs), else the engine's time. */
+  private nowUs(now: number): number {
+    return this.captureUs ?? now * 1000;
+  }
+
+  /** The cumulative RTT histograms of every path, for exposition (Prometheus). */
+  rttSeries(): RttSeries[] {
+    return this.rtt.series();
+  }
+
+  stats(now = this.lastNow): EngineStats {
     const k = this.counters;
     const replicas: ReplicaStats[] = [...this.replicas.values()].map((r) => {
       let active = 0;
@@ -1115,6 +1143,7 @@ export class ReplicationEngine {
       closeHoldTimeouts: k.closeHoldTimeouts,
       closesReleased: k.closesReleased,
       replicas,
+      rtt: this.rtt.stats(now),
     };
   }
 
@@ -1173,9 +1202,18 @@ export class ReplicationEngine {
 
     if (seg.flags & ACK) {
       if (conn.originalIsn === undefined) conn.originalIsn = seqAdd(seg.ack, -1);
-      if (conn.phase === "syn") this.openShadows(conn, now);
+      if (conn.phase === "syn") {
+        if (typeof conn.synAckAtUs === "number")
+          this.rtt.clientSample("handshake", this.nowUs(now) - conn.synAckAtUs, now, this.replicas.size > 0);
+        else if (conn.synAckAtUs === undefined && this.captureUs !== undefined)
+          conn.handshakeAckAtUs = this.captureUs;
+        conn.synAckAtUs = null;
+        this.openShadows(conn, now);
+      }
       const ackOff = toOffset(seg.ack, conn.originalIsn, conn.clientAckOffset);
       if (ackOff > conn.clientAckOffset) conn.clientAckOffset = ackOff;
+      const rtt = conn.rttToClient.acked(ackOff, this.nowUs(now));
+      if (rtt !== undefined) this.rtt.clientSample("data", rtt, now, conn.shadows.size > 0);
       const replyEnd = conn.original.end + (conn.originalFinOffset === conn.original.end ? 1 : 0);
       // After a splice the client acknowledges the new original's bytes, which we send ourselves.
       if (
@@ -1191,6 +1229,7 @@ export class ReplicationEngine {
 
     if (seg.payload.length > 0 || seg.flags & FIN) {
       const off = toOffset(seg.seq, conn.clientIsn, conn.client.end);
+      conn.rttToOriginal.sent(off, off + seg.payload.length, this.nowUs(now));
       const grew = conn.client.write(off, seg.payload);
       this.counters.clientBytes += grew;
       if (conn.client.end > conn.originalAckOffset) conn.unackedSince ??= now;
@@ -1316,13 +1355,28 @@ export class ReplicationEngine {
     if (seg.flags & SYN) {
       if (seg.flags & ACK) {
         const syn = conn.natSynAt;
-        if (conn.originalIsn === undefined && syn) {
+        if (syn) {
           conn.natSynAt = undefined;
-          this.originalRtt.add(
+          const ms =
             syn.captureUs !== undefined && this.captureUs !== undefined
               ? (this.captureUs - syn.captureUs) / 1000
-              : now - syn.at,
+              : now - syn.at;
+          // Detection's estimator keeps the samples it was tuned with (the SYN-ACK handled before
+          // the client's ACK, see docs/PROGRESS.md); the histogram takes every handshake.
+          if (conn.originalIsn === undefined) this.originalRtt.add(ms);
+          this.rtt.originalSample("handshake", ms * 1000, now);
+        }
+        if (conn.handshakeAckAtUs !== undefined && conn.synAckAtUs === null) {
+          // The client's ACK was handled first (another capture channel): timed now.
+          this.rtt.clientSample(
+            "handshake",
+            conn.handshakeAckAtUs - this.nowUs(now),
+            now,
+            this.replicas.size > 0,
           );
+          conn.handshakeAckAtUs = undefined;
+        } else {
+          conn.synAckAtUs = conn.synAckAtUs === undefined ? this.nowUs(now) : null;
         }
         if (conn.originalIsn === undefined) conn.originalIsn = seg.seq;
         const ws = findOption(seg.options, "wscale");
@@ -1357,6 +1411,8 @@ export class ReplicationEngine {
     }
     if (seg.flags & ACK) {
       const ackOff = toOffset(seg.ack, conn.clientIsn, conn.originalAckOffset);
+      const rtt = conn.rttToOriginal.acked(ackOff, this.nowUs(now));
+      if (rtt !== undefined) this.rtt.originalSample("data", rtt, now);
       if (ackOff > conn.originalAckOffset) {
         conn.originalAckOffset = ackOff;
         // Progress: the stall clocks restart (a long upload always has bytes in flight, and one
@@ -1371,6 +1427,7 @@ export class ReplicationEngine {
     }
     const off = toOffset(seg.seq, conn.originalIsn, conn.original.end);
     if (seg.payload.length > 0) {
+      conn.rttToClient.sent(off, off + seg.payload.length, this.nowUs(now));
       this.counters.originalBytes += conn.original.write(off, seg.payload);
       for (const s of conn.shadows.values()) this.compare(conn, s);
       if (conn.replyAheadSince !== undefined) {
@@ -1601,6 +1658,7 @@ export class ReplicationEngine {
     s.rtoDeadline = undefined;
     if (s.rttProbe) {
       this.rttSample(s, now - s.rttProbe.at);
+      this.rtt.replicaSample(s.replica.id, "handshake", this.nowUs(now) - s.rttProbe.at * 1000, now);
       s.rttProbe = undefined;
     }
     const ws = findOption(seg.options, "wscale");
@@ -1637,7 +1695,11 @@ export class ReplicationEngine {
       if (s.finSent && conn.clientFinOffset !== undefined && ackOff === conn.clientFinOffset + 1)
         s.finAcked = true;
       if (s.rttProbe && ackOff >= s.rttProbe.end) {
+        // The retransmission timer runs on the engine's clock (it includes the engine's own
+        // lag, which is what the timer has to cover); the histogram wants the path's RTT: the
+        // acknowledgement's capture time, on the same clock as the engine's.
         this.rttSample(s, now - s.rttProbe.at);
+        this.rtt.replicaSample(s.replica.id, "data", this.nowUs(now) - s.rttProbe.at * 1000, now);
         s.rttProbe = undefined;
       }
       s.dupAcks = 0;

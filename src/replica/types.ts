@@ -1,5 +1,6 @@
 // Configuration, outputs and statistics of the replication engine.
 import type { TcpSegment } from "../wire/tcp.js";
+import type { RttStats } from "./rtt.js";
 
 export interface EngineLimits {
   /** Client bytes held for one connection (not yet acknowledged by every live shadow), and
@@ -218,4 +219,6 @@ export interface EngineStats {
   closeHoldTimeouts: number;
   closesReleased: number;
   replicas: ReplicaStats[];
+  /** Passive RTT per path (µs): totals since start and the recent window. */
+  rtt: RttStats;
 }

@@ -1453,3 +1453,95 @@ t.test("the best replica is one whose shadows are open, not one that closed alon
     "no FIN reaches the client: neither the original's nor r1's",
   );
 });
+
+t.test("passive RTT: every path's handshake and data are timed, retransmissions are not", async (t) => {
+  const sc = new Scenario(config(), [R1]);
+  sc.clientSyn();
+  sc.natSyn();
+  sc.now += 0.2; // the original answers the NATed SYN 200 µs later
+  sc.originalSynAck();
+  sc.now += 0.05; // the client acknowledges the SYN-ACK 50 µs after it left
+  const syns = sc.client("");
+  sc.shadowPort = syns[0]?.srcPort ?? 0;
+  sc.now += 0.3; // the replica answers its SYN 300 µs later
+  sc.replicaSynAck(R1, 1);
+  sc.client("GET\r\n");
+  sc.now += 0.4;
+  sc.replica(R1, 0, "", 5); // the replica acknowledges the request 400 µs after it was sent
+  sc.now += 0.1;
+  sc.original("OK\r\n"); // the original answers (and acknowledges) 500 µs after the request
+  sc.now += 0.07;
+  sc.client("", 4); // the client acknowledges the answer 70 µs after it left
+  const rtt = sc.engine.stats().rtt;
+  const near = (x: number | null, want: number) => x !== null && Math.abs(x - want) / want < 0.03;
+  t.equal(rtt.original.handshake.total.count, 1, "one original handshake sample");
+  t.ok(
+    near(rtt.original.handshake.total.p50Us, 200),
+    `original handshake ≈ 200 µs (${rtt.original.handshake.total.p50Us})`,
+  );
+  t.ok(
+    near(rtt.client.handshake.total.p50Us, 50),
+    `client handshake ≈ 50 µs (${rtt.client.handshake.total.p50Us})`,
+  );
+  t.ok(near(rtt.replicas.r1?.handshake.total.p50Us ?? null, 300), "replica handshake ≈ 300 µs");
+  t.ok(near(rtt.replicas.r1?.data.total.p50Us ?? null, 400), "replica data ≈ 400 µs");
+  t.ok(near(rtt.original.data.total.p50Us, 500), `original data ≈ 500 µs (${rtt.original.data.total.p50Us})`);
+  t.ok(near(rtt.client.data.total.p50Us, 70), `client data ≈ 70 µs (${rtt.client.data.total.p50Us})`);
+  t.equal(rtt.degradation.replicated.count, 1, "counted as replicated (the connection had a shadow)");
+  t.equal(rtt.degradation.unreplicated.count, 0);
+  t.equal(rtt.degradation.ratioP50, null, "no ratio without a baseline");
+  t.same(rtt.client.data.recent.count, 1, "in the recent window");
+  sc.now += 60_000;
+  t.equal(sc.engine.stats(sc.now).rtt.client.data.recent.count, 0, "a minute later: out of the window");
+  t.equal(sc.engine.stats(sc.now).rtt.client.data.total.count, 1, "still in the total");
+
+  // Karn: the original sends a segment twice; the client's acknowledgement gives no sample.
+  const before = sc.engine.stats().rtt.client.data.total.count;
+  sc.original("more");
+  sc.originalSent -= 4;
+  sc.now += 1;
+  sc.original("more"); // retransmitted
+  sc.client("", 8);
+  t.equal(sc.engine.stats().rtt.client.data.total.count, before, "no sample from retransmitted data");
+  const series = sc.engine.rttSeries();
+  t.ok(
+    series.some(
+      (x) => x.path === "replica" && x.replica === "r1" && x.kind === "data" && x.histogram.count === 1,
+    ),
+    "series name every histogram for exposition",
+  );
+  sc.engine.removeReplica("r1");
+  t.same(Object.keys(sc.engine.stats().rtt.replicas), [], "a removed replica's histograms are freed");
+});
+
+t.test("passive RTT: degradation compares connections with and without shadows", async (t) => {
+  const sc = new Scenario(config(), []);
+  sc.open();
+  sc.client("a");
+  sc.original("b");
+  sc.now += 0.1;
+  sc.client("", 1);
+  const rtt = sc.engine.stats().rtt;
+  t.equal(rtt.degradation.unreplicated.count, 1, "a connection without shadows is the baseline");
+  t.equal(rtt.degradation.replicated.count, 0);
+});
+
+t.test("passive RTT: handshakes are timed whichever capture channel is handled first", async (t) => {
+  const sc = new Scenario(config(), [R1]);
+  sc.channel = "any";
+  sc.clientSyn();
+  sc.natSyn();
+  sc.now += 0.25;
+  const synAckAt = sc.now;
+  sc.now += 0.06;
+  sc.client(""); // the client's ACK, captured 60 µs after the SYN-ACK, is handled first
+  sc.now = synAckAt;
+  sc.originalSynAck();
+  const rtt = sc.engine.stats().rtt;
+  t.equal(rtt.client.handshake.total.count, 1, "one client handshake sample");
+  t.ok(Math.abs(rtt.client.handshake.total.p50Us! - 60) < 2, `≈ 60 µs (${rtt.client.handshake.total.p50Us})`);
+  t.ok(
+    Math.abs(rtt.original.handshake.total.p50Us! - 250) < 6,
+    `original ≈ 250 µs (${rtt.original.handshake.total.p50Us})`,
+  );
+});

@@ -1,0 +1,166 @@
+// Passive RTT of every path the appliance sees, from the segments it captures and sends:
+//   client   — appliance ↔ client: the original's SYN-ACK or data leaving toward the client, to
+//              the client's acknowledgement of it;
+//   original — appliance ↔ original: the client's SYN or data entering, to the original's
+//              acknowledgement of it;
+//   replica  — appliance ↔ each replica: the engine's SYN or data to the replica, to its
+//              acknowledgement.
+// Two kinds per path: `handshake` (SYN → SYN-ACK, SYN-ACK → ACK: answered at once by the peer's
+// kernel, the network's own figure) and `data` (one timed segment at a time, Karn's rule: never
+// a retransmitted one; the peer's acknowledgement may wait for its application's answer or its
+// delayed-ACK timer, as in any passive measurement). Times are µs on one clock (capture times,
+// or the engine's clock in tests without capture).
+import { RttHistogram, WindowedHistogram, type HistogramSummary, type WindowedSummary } from "./histogram.js";
+
+export type RttKind = "handshake" | "data";
+
+export interface PathRtt {
+  handshake: WindowedSummary;
+  data: WindowedSummary;
+}
+
+export interface RttStats {
+  /** Width of the `recent` window of every summary. */
+  windowMs: number;
+  client: PathRtt;
+  original: PathRtt;
+  replicas: Record<string, PathRtt>;
+  /**
+   * What replication costs the client: client-path data RTT of connections that had shadows
+   * against those that had none (replication off: no replica, or not replicated). Null until
+   * both were seen.
+   */
+  degradation: {
+    unreplicated: HistogramSummary;
+    replicated: HistogramSummary;
+    /** replicated p50 / unreplicated p50. */
+    ratioP50: number | null;
+  };
+}
+
+/** One histogram of RTT samples, named for exposition (Prometheus labels). */
+export interface RttSeries {
+  path: "client" | "original" | "replica";
+  replica?: string;
+  kind: RttKind;
+  histogram: RttHistogram;
+}
+
+class PathHistograms {
+  readonly handshake: WindowedHistogram;
+  readonly data: WindowedHistogram;
+  constructor(sliceMs: number, slices: number) {
+    this.handshake = new WindowedHistogram(sliceMs, slices);
+    this.data = new WindowedHistogram(sliceMs, slices);
+  }
+  summary(now: number): PathRtt {
+    return { handshake: this.handshake.summary(now), data: this.data.summary(now) };
+  }
+}
+
+export class RttTracker {
+  private readonly client: PathHistograms;
+  private readonly original: PathHistograms;
+  private readonly replicas = new Map<string, PathHistograms>();
+  private readonly unreplicated = new RttHistogram();
+  private readonly replicated = new RttHistogram();
+
+  constructor(
+    private readonly sliceMs = 1000,
+    private readonly slices = 10,
+  ) {
+    this.client = new PathHistograms(sliceMs, slices);
+    this.original = new PathHistograms(sliceMs, slices);
+  }
+
+  /** A client-path sample; `replicated` says whether the connection had shadows (degradation). */
+  clientSample(kind: RttKind, us: number, now: number, replicated: boolean): void {
+    if (!(us >= 0)) return; // clock skew between capture channels: no sample rather than a bogus one
+    this.client[kind].add(us, now);
+    if (kind === "data") (replicated ? this.replicated : this.unreplicated).add(us);
+  }
+
+  originalSample(kind: RttKind, us: number, now: number): void {
+    if (!(us >= 0)) return;
+    this.original[kind].add(us, now);
+  }
+
+  replicaSample(id: string, kind: RttKind, us: number, now: number): void {
+    if (!(us >= 0)) return;
+    let h = this.replicas.get(id);
+    if (!h) {
+      h = new PathHistograms(this.sliceMs, this.slices);
+      this.replicas.set(id, h);
+    }
+    h[kind].add(us, now);
+  }
+
+  /** A removed replica's histograms go with it (bounded memory whatever the churn). */
+  removeReplica(id: string): void {
+    this.replicas.delete(id);
+  }
+
+  stats(now: number): RttStats {
+    const replicas: Record<string, PathRtt> = {};
+    for (const [id, h] of this.replicas) replicas[id] = h.summary(now);
+    const unreplicated = this.unreplicated.summary();
+    const replicated = this.replicated.summary();
+    return {
+      windowMs: this.sliceMs * this.slices,
+      client: this.client.summary(now),
+      original: this.original.summary(now),
+      replicas,
+      degradation: {
+        unreplicated,
+        replicated,
+        ratioP50:
+          unreplicated.p50Us && replicated.p50Us !== null ? replicated.p50Us / unreplicated.p50Us : null,
+      },
+    };
+  }
+
+  /** Every cumulative histogram, for exposition. */
+  series(): RttSeries[] {
+    const out: RttSeries[] = [];
+    for (const kind of ["handshake", "data"] as const) {
+      out.push({ path: "client", kind, histogram: this.client[kind].total });
+      out.push({ path: "original", kind, histogram: this.original[kind].total });
+      for (const [id, h] of this.replicas)
+        out.push({ path: "replica", replica: id, kind, histogram: h[kind].total });
+    }
+    return out;
+  }
+}
+
+/**
+ * Times one segment at a time in a byte stream (offsets, not sequence numbers), the way TCP
+ * senders time their RTT: start on new data when nothing is being timed, sample when an
+ * acknowledgement covers it, and give up when anything is sent again (Karn: the acknowledgement
+ * could be for either copy, or released by the hole a retransmission filled).
+ */
+export class SegmentTimer {
+  private timedEnd: number | undefined;
+  private timedAt = 0;
+  /** Highest offset sent so far: anything starting below it is a retransmission. */
+  private highest = 0;
+
+  sent(start: number, end: number, atUs: number): void {
+    if (end <= start) return;
+    if (start < this.highest) {
+      // Any retransmission ends the timing, not only one of the timed bytes: filling a hole
+      // below them releases a cumulative acknowledgement that was waiting for it (BSD's rule).
+      this.timedEnd = undefined;
+    } else if (this.timedEnd === undefined) {
+      this.timedEnd = end;
+      this.timedAt = atUs;
+    }
+    if (end > this.highest) this.highest = end;
+  }
+
+  /** The RTT sample (µs) this acknowledgement completes, if any. */
+  acked(offset: number, atUs: number): number | undefined {
+    if (this.timedEnd === undefined || offset < this.timedEnd) return undefined;
+    this.timedEnd = undefined;
+    return atUs - this.timedAt;
+  }
+}
