@@ -12,6 +12,7 @@
  * happens here, where both clocks can be read back to back. One clock on both sides lets the
  * engine compare capture times with its own (the RTT of what it sends to replicas).
  *
+ * link: -lpcap
  * usage: pcap-pipe DEVICE SNAPLEN BUFFER_BYTES FILTER
  * stderr: "listening on DEVICE linktype N" once capturing, then once a second
  *         "stats received R dropped D ifdropped I" (libpcap's counters).

@@ -34,7 +34,7 @@ export async function withLab(
   replicas: number,
   service: ServiceKind,
   autoFailover = false,
-  options: Pick<LabUpOptions, "healthCheck" | "failure"> = {},
+  options: Pick<LabUpOptions, "healthCheck" | "failure" | "proxy"> = {},
 ): Promise<LabState> {
   const name = uniqueLabName(tag);
   t.teardown(async () => {

@@ -49,7 +49,7 @@ export interface LabState {
   /** Main pid of the service on each backend role. */
   services: Record<string, { pid: number; dir: string }>;
   faults: Array<{ target: string; mode: FaultMode; at: string }>;
-  /** The appliance's replication proxy (absent with 0 replicas: kernel path only). */
+  /** The appliance's replication proxy (absent with 0 replicas unless asked: kernel path only). */
   proxy?: { pid: number; statsSocket: string; config: string; log: string };
   createdAt: string;
 }
@@ -348,6 +348,9 @@ export interface LabUpOptions {
   healthCheck?: { timeoutMs: number };
   /** Detection thresholds for the appliance (ms). */
   failure?: Partial<FailureTuning>;
+  /** Run the appliance's proxy (capture, engine) even without replicas. By default a lab without
+   * replicas has the kernel path alone (benchmarks compare both). */
+  proxy?: boolean;
 }
 
 export async function labUp(opts: LabUpOptions): Promise<LabState> {
@@ -397,7 +400,7 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
       state.services[b.role] = { pid: s.pid, dir: s.dir };
     });
     await saveState(state);
-    if (replicas === 0) {
+    if (replicas === 0 && !opts.proxy) {
       await installKernelPath(topology.appliance.namespace, {
         vip: topology.appliance.vip,
         port: topology.port,

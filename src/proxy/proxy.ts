@@ -101,17 +101,15 @@ export class Proxy {
     } catch {
       this.log.warn("could not raise the proxy's scheduling priority");
     }
-    const replicating = c.replicas.length > 0;
     await installKernelPath(undefined, this.kernelPathConfig());
     // Held FINs and engine-released segments are unknown to conntrack's window tracking; with
     // strict tracking the client's ACK of a released FIN would be INVALID, miss NAT and be
     // answered by our own RST. Liberal tracking only checks RSTs against the window.
     await run(["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_tcp_be_liberal=1", "net.ipv4.ip_forward=1"]);
-    if (!replicating) {
-      this.log.warn("no replicas configured: kernel path only");
-      return;
-    }
-    const dev = await routeDevice(c.replicas[0]!.address);
+    // Without replicas the data plane runs all the same: replicas can be added while it runs,
+    // and the client path's RTT without replication is the baseline replication is judged by.
+    if (c.replicas.length === 0) this.log.warn("no replicas configured: the service runs unreplicated");
+    const dev = await routeDevice(c.replicas[0]?.address ?? this.currentOriginal);
     const r = await runStatus(["ip", "addr", "add", `${c.replicationAddress}/32`, "dev", dev]);
     if (r.code === 0) this.addedAddress = { address: c.replicationAddress, dev };
     else if (!/File exists/.test(r.stderr))
@@ -271,7 +269,7 @@ export class Proxy {
       snatAddress: c.snatAddress,
       table: c.table,
       fenced: [...this.fenced],
-      ...(c.replicas.length > 0 ? { replication: { address: c.replicationAddress, mark: c.mark } } : {}),
+      replication: { address: c.replicationAddress, mark: c.mark },
     };
   }
 

@@ -1,7 +1,9 @@
 // The proxy owns its kernel state: it installs its table and the replication address, and takes
-// both away when it stops; a CLI run with a broken config starts nothing.
+// both away when it stops; a CLI run with a broken config starts nothing; without replicas it
+// still runs the data plane (the unreplicated baseline).
 import t from "tap";
-import { cli, inNs, sleep, withLab } from "../helpers.js";
+import { CLI, cli, inNs, sleep, withLab } from "../helpers.js";
+import { queryStats } from "../../src/proxy/stats-client.js";
 import { isAlive } from "../../src/sys/process.js";
 
 t.test("proxy installs and removes its kernel state", async (t) => {
@@ -37,4 +39,39 @@ t.test("a broken config is refused before anything starts", async (t) => {
   const r2 = await cli(["proxy", "--config", "/nonexistent.json"]);
   t.equal(r2.code, 2);
   t.match(r2.stderr, /cannot read config/);
+});
+
+t.test("without replicas the data plane runs: connections are tracked, timed and closed", async (t) => {
+  const state = await withLab(t, "pzero", 0, "echo", false, { proxy: true });
+  t.ok(state.proxy, "the proxy runs with 0 replicas when asked");
+  const topo = state.topology;
+  const ping = await inNs(
+    topo.client.namespace,
+    [
+      process.execPath,
+      CLI,
+      "ping",
+      "--host",
+      topo.appliance.vip,
+      "--port",
+      String(topo.port),
+      "--count",
+      "200",
+    ],
+    30_000,
+  );
+  t.equal(ping.code, 0, `ping through the VIP: ${ping.stderr}`);
+  let stats = await queryStats(state.proxy!.statsSocket);
+  for (let i = 0; i < 40 && stats.engine.connections.closed === 0; i++) {
+    await sleep(50); // the last ACK of the close may still be on its way through the capture
+    stats = await queryStats(state.proxy!.statsSocket);
+  }
+  t.ok(stats.engine.packets.client > 200, `client segments captured (${stats.engine.packets.client})`);
+  t.equal(stats.engine.connections.closed, 1, "the connection closed through the engine (its FIN released)");
+  t.ok(
+    stats.engine.rtt.degradation.unreplicated.count > 0,
+    "client RTT measured as the unreplicated baseline",
+  );
+  t.equal(stats.engine.rtt.degradation.replicated.count, 0, "nothing replicated");
+  t.ok(stats.engine.rtt.original.handshake.total.count >= 1, "the original's handshake timed");
 });
