@@ -302,6 +302,8 @@ export class ReplicationEngine {
     closesReleased: 0,
   };
   private readonly rejected: Record<string, number> = {};
+  /** Replicas being drained (drainReplica): no shadow for new connections. */
+  private readonly draining = new Set<string>();
 
   /** The current original (it changes when a replica is promoted). */
   private original: number;
@@ -374,8 +376,18 @@ export class ReplicationEngine {
       c.shadows.delete(id);
     }
     this.replicas.delete(id);
+    this.draining.delete(id);
     this.rtt.removeReplica(id);
     this.event({ type: "replica-removed", replica: id });
+  }
+
+  /**
+   * Drains replica `id` before its removal: connections opened from now on get no shadow on it;
+   * the open ones continue (and it stays promotable for them) until they close or it is removed.
+   */
+  drainReplica(id: string): void {
+    if (!this.replicas.has(id)) throw new Error(`no replica ${id}`);
+    this.draining.add(id);
   }
 
   replicaIds(): string[] {
@@ -1314,7 +1326,7 @@ export class ReplicationEngine {
     conn.port = port;
     this.byShadowPort.set(port, conn);
     for (const r of this.replicas.values()) {
-      if (r.promoted) continue;
+      if (r.promoted || this.draining.has(r.info.id)) continue;
       const s = new ShadowConversation(r.info, this.config.rto.initialMs, this.config.limits.outOfOrderBytes);
       conn.shadows.set(r.info.id, s);
       r.shadowsOpened++;
