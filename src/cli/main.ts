@@ -19,6 +19,9 @@ import { pino } from "pino";
 import { ConfigError, parseProxyConfig } from "../proxy/config.js";
 import { Proxy } from "../proxy/proxy.js";
 import { queryStats, request } from "../proxy/stats-client.js";
+import { parseServeConfig } from "../control/config.js";
+import { ProxyDataPlane } from "../control/proxy-data-plane.js";
+import { startAppliance } from "../control/serve.js";
 
 export class UsageError extends Error {}
 
@@ -33,6 +36,7 @@ const USAGE = `usage:
   tcp-replicator lab stats --name NAME                      # the appliance's replication statistics
   tcp-replicator proxy --config FILE | --vip IP --port P --original IP --snat IP
                        --replication-address IP [--replica ID=IP ...] [--stats-socket PATH] [--log-level L]
+  tcp-replicator serve --config FILE          # the appliance with its control API (proxy config + "api")
   tcp-replicator blast --host HOST --port PORT [--connections N] [--bytes PER_CONNECTION] [--rate-mbps MB/s]
   tcp-replicator ping --host HOST --port PORT [--count N] [--size BYTES] [--interval-ms MS] [--timeout-ms MS]
 `;
@@ -211,6 +215,44 @@ async function proxyCommand(rest: string[]): Promise<number> {
   return 0;
 }
 
+async function readConfigFile(path: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch (e) {
+    throw new UsageError(`cannot read config ${path}: ${(e as Error).message}`);
+  }
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (e) {
+    throw new UsageError(`config ${path} is not valid JSON: ${(e as Error).message}`);
+  }
+}
+
+async function serveCommand(rest: string[]): Promise<number> {
+  const { values } = parse(rest, { config: { type: "string" } });
+  if (values.config === undefined) throw new UsageError("serve: --config FILE is required");
+  const config = parseServeConfig(await readConfigFile(values.config), process.env);
+  requireRoot();
+  const log = pino({ level: config.api.logLevel, base: { pid: process.pid } }, pino.destination(2));
+  // Caught from here on: a signal during start-up stops what started instead of killing it.
+  const signalled = new Promise<string>((resolve) => {
+    process.once("SIGINT", () => resolve("SIGINT"));
+    process.once("SIGTERM", () => resolve("SIGTERM"));
+  });
+  const appliance = await startAppliance(config, log, async (proxyConfig) => {
+    const proxy = await Proxy.start(
+      proxyConfig,
+      log.child({ component: "proxy" }, { level: proxyConfig.logLevel }),
+    );
+    return { dataPlane: new ProxyDataPlane(proxy), stop: () => proxy.stop() };
+  });
+  log.info({ signal: await signalled }, "stopping");
+  await appliance.stop();
+  log.info("stopped");
+  return 0;
+}
+
 async function blastCommand(rest: string[]): Promise<number> {
   const { values } = parse(rest, {
     host: { type: "string" },
@@ -264,6 +306,8 @@ export async function main(argv: string[]): Promise<number> {
         return await labCommand(sub, rest);
       case "proxy":
         return await proxyCommand(sub === undefined ? [] : [sub, ...rest]);
+      case "serve":
+        return await serveCommand(sub === undefined ? [] : [sub, ...rest]);
       case "blast":
         return await blastCommand(sub === undefined ? [] : [sub, ...rest]);
       case "ping":

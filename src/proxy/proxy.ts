@@ -9,7 +9,7 @@ import type { Logger } from "pino";
 import { run, runStatus } from "../sys/command.js";
 import { formatIPv4, parseIPv4 } from "../wire/ipv4.js";
 import { ReplicationEngine } from "../replica/engine.js";
-import { defaultConfig, type EngineStats } from "../replica/types.js";
+import { defaultConfig, type EngineEvent, type EngineStats } from "../replica/types.js";
 import { Capture, captureFilters, type CaptureCounters, type CaptureSink } from "./capture.js";
 import { Injector } from "./inject.js";
 import {
@@ -56,6 +56,8 @@ export class Proxy {
   private readonly fenced = new Set<string>();
   private kernelUpdate: Promise<void> = Promise.resolve();
   private readonly probes = new Set<ProbeHandle>();
+  /** Engine event subscribers (the control plane): called from the drain loop, must not block. */
+  private readonly listeners = new Set<(event: EngineEvent, at: number) => void>();
   /** After stop(): no more ticks, probes or kernel changes. */
   private stopped = false;
   readonly engine: ReplicationEngine;
@@ -157,6 +159,7 @@ export class Proxy {
     // Before the first send: a promotion's splice sends come out of the engine before its event.
     const drainedAt = performance.timeOrigin + performance.now();
     for (const o of this.engine.drain()) {
+      if (o.type === "event" && this.listeners.size > 0) this.notify(o.event, drainedAt);
       if (o.type === "send") {
         this.injector?.send(o.segment);
       } else if (o.type === "probe") {
@@ -279,6 +282,53 @@ export class Proxy {
     this.flush(); // sends, and schedules the engine's timers (the new original's probes)
     await this.kernelUpdate;
     return report;
+  }
+
+  /** Engine events as the drain loop hands them out (`at`: wall clock, ms), until the returned
+   * function is called. A listener runs on the data plane's path: it must queue, never wait. */
+  subscribe(listener: (event: EngineEvent, at: number) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private notify(event: EngineEvent, at: number): void {
+    for (const l of this.listeners) {
+      try {
+        l(event, at);
+      } catch (e) {
+        this.log.error({ err: String(e), event: event.type }, "engine event listener failed");
+      }
+    }
+  }
+
+  /** Adds a replica while running: it gets the connections opened from now on. */
+  addReplica(id: string, address: string): void {
+    // A fenced former original still has conntrack flows of spliced connections pointing at it.
+    if (this.fenced.has(address)) throw new Error(`${address} is a fenced former original`);
+    if (address === this.currentOriginal) throw new Error(`${address} is the original`);
+    this.engine.addReplica({ id, address: parseIPv4(address) });
+    this.flush();
+  }
+
+  /** Drains a replica: no shadow on it for connections opened from now on. */
+  drainReplica(id: string): void {
+    this.engine.drainReplica(id);
+  }
+
+  /** Removes a replica now: its shadow conversations are reset (toward it; clients see nothing). */
+  removeReplica(id: string): void {
+    this.engine.removeReplica(id);
+    this.flush();
+  }
+
+  /** The current original's address. */
+  get original(): string {
+    return this.currentOriginal;
+  }
+
+  /** Former originals, fenced off since a replica was promoted in their place. */
+  get fencedAddresses(): string[] {
+    return [...this.fenced];
   }
 
   private tick(): void {

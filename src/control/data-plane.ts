@@ -1,0 +1,104 @@
+// What the control plane needs from the data plane, as an interface: the real one is the proxy
+// (proxy-data-plane.ts); tests drive a real engine without I/O through the same interface.
+import type { ReplicatedConnection } from "../replica/engine.js";
+import type { EngineEvent, EngineStats } from "../replica/types.js";
+import type { ProxyStats } from "../proxy/proxy.js";
+import type { ProbeAnswer } from "../proxy/probe.js";
+import type { RttSource } from "./metrics.js";
+
+export interface PromotionReport {
+  spliced: number;
+  reset: number;
+  dropped: number;
+}
+
+/** Called from the data plane's drain loop: must return at once. `at`: wall clock, ms. */
+export type EngineEventListener = (event: EngineEvent, at: number) => void;
+
+export interface DataPlane {
+  readonly service: { vip: string; port: number };
+  /** Addresses the appliance uses itself (never a replica's). */
+  readonly ownAddresses: readonly string[];
+  /** The current original's address. */
+  original(): string;
+  /** Former originals: nothing reaches them any more (a replica cannot take such an address). */
+  fenced(): readonly string[];
+  engineStats(): EngineStats;
+  /** Everything, kernel and capture counters included (slower: for scrapes). */
+  stats(): Promise<Pick<ProxyStats, "engine" | "capture" | "injector">>;
+  connections(): Iterable<ReplicatedConnection>;
+  /** The engine's choice of a replica to promote. */
+  bestReplica(): string | undefined;
+  /** Every replica id the engine knows, promoted ones included. */
+  replicaIds(): string[];
+  addReplica(id: string, address: string): void;
+  /** Gives it no new shadow conversations; the open ones continue. */
+  drainReplica(id: string): void;
+  removeReplica(id: string): void;
+  /** Promotes now; engine events (the "promoted" one) are delivered before this resolves. */
+  promote(id: string): Promise<PromotionReport>;
+  /** Probes a backend's service port (and health check) from the appliance. */
+  probe(address: string, timeoutMs: number): Promise<ProbeAnswer>;
+  subscribe(listener: EngineEventListener): () => void;
+  /** RTT histograms for exposition, when the data plane keeps them. */
+  readonly rtt?: RttSource;
+}
+
+/** What a promotion of one replica would do to the open connections right now. */
+export interface PromotionOutlook {
+  /** Connections it would splice (continue on the replica, byte-exact). */
+  carriable: number;
+  /** Open connections it would reset (diverged, lagging, opened before the replica joined...). */
+  blocking: number;
+  /** Connections still in their handshake (dropped by a promotion; their clients retry). */
+  halfOpen: number;
+}
+
+/**
+ * Could `conn` continue on replica `id`, byte-exact? The engine's own rule (ReplicationEngine
+ * canSplice, applied by promote()); a test checks that this prediction matches what promote()
+ * then does.
+ */
+export function carriable(conn: ReplicatedConnection, id: string): boolean {
+  const s = conn.shadows.get(id);
+  return (
+    s !== undefined &&
+    s.state === "open" &&
+    s.status === "healthy" &&
+    !s.replicaRst &&
+    (s.replicaFinOffset === undefined || s.replicaFinOffset === conn.originalFinOffset) &&
+    !conn.notPromotable.has(id) &&
+    conn.originalIsn !== undefined &&
+    s.replicaIsn !== undefined &&
+    !conn.captureGap
+  );
+}
+
+export function promotionOutlook(conns: Iterable<ReplicatedConnection>, id: string): PromotionOutlook {
+  const o: PromotionOutlook = { carriable: 0, blocking: 0, halfOpen: 0 };
+  for (const c of conns) {
+    if (c.phase === "syn") o.halfOpen++;
+    else if (c.phase === "open") {
+      if (carriable(c, id)) o.carriable++;
+      else o.blocking++;
+    }
+  }
+  return o;
+}
+
+/** Open connections whose shadow on each replica is diverged or lagging now. */
+export function shadowTrouble(
+  conns: Iterable<ReplicatedConnection>,
+): Map<string, { diverged: number; lagging: number }> {
+  const out = new Map<string, { diverged: number; lagging: number }>();
+  for (const c of conns) {
+    if (c.phase !== "open") continue;
+    for (const [id, s] of c.shadows) {
+      if (s.status !== "diverged" && s.status !== "lagging") continue;
+      let t = out.get(id);
+      if (!t) out.set(id, (t = { diverged: 0, lagging: 0 }));
+      t[s.status]++;
+    }
+  }
+  return out;
+}
