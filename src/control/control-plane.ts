@@ -7,6 +7,7 @@ import type { Logger } from "pino";
 import type { EngineEvent } from "../replica/types.js";
 import type { WindowedSummary } from "../replica/histogram.js";
 import {
+  drainPending,
   promotionOutlook,
   shadowTrouble,
   type DataPlane,
@@ -405,7 +406,7 @@ export class ControlPlane {
   }
 
   private openShadows(id: string): number {
-    return this.o.dataPlane.engineStats().replicas.find((r) => r.id === id)?.shadowsActive ?? 0;
+    return drainPending(this.o.dataPlane.connections(), id);
   }
 
   // ------------------------------------------------------------------ engine events

@@ -86,6 +86,21 @@ export function promotionOutlook(conns: Iterable<ReplicatedConnection>, id: stri
   return o;
 }
 
+/**
+ * Shadow conversations a drain of replica `id` still waits for: live ones, unless their client
+ * connection is finished and the replica acknowledged all of it (FIN included). What is left of
+ * those is the replica's own close, which lingers with the connection (seconds) and which the
+ * removal's RST ends harmlessly.
+ */
+export function drainPending(conns: Iterable<ReplicatedConnection>, id: string): number {
+  let n = 0;
+  for (const c of conns) {
+    const s = c.shadows.get(id);
+    if (s?.live && !(c.phase === "closed" && s.finAcked)) n++;
+  }
+  return n;
+}
+
 /** Open connections whose shadow on each replica is diverged or lagging now. */
 export function shadowTrouble(
   conns: Iterable<ReplicatedConnection>,
