@@ -101,6 +101,8 @@ export async function buildApi(o: ApiOptions) {
     loggerInstance: o.log,
     bodyLimit: 64 * 1024,
     forceCloseConnections: true,
+    // Scrapes and status polls every few seconds would drown the log: see the onResponse hook.
+    disableRequestLogging: true,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: true, verbose: true } },
     schemaErrorFormatter: describeValidationError,
   });
@@ -122,6 +124,18 @@ export async function buildApi(o: ApiOptions) {
         { name: "roles", description: "who is the original" },
       ],
     },
+  });
+
+  app.addHook("onResponse", (req, reply, done) => {
+    const entry = {
+      method: req.method,
+      url: req.url,
+      status: reply.statusCode,
+      ms: Math.round(reply.elapsedTime),
+    };
+    if (req.method === "GET" && reply.statusCode < 400) req.log.debug(entry, "request");
+    else req.log.info(entry, "request");
+    done();
   });
 
   const expected = sha256(o.token);
