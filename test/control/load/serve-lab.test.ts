@@ -105,6 +105,8 @@ t.test("serve in a lab: add a replica, switch over under load, restart, state ba
   let stream = "";
   events.stdout.setEncoding("utf8").on("data", (d: string) => (stream += d));
   t.teardown(() => events.kill("SIGKILL"));
+  for (let i = 0; i < 100 && !stream.includes("event: roles"); i++) await sleep(20);
+  t.match(stream, /^event: roles\n/, "the event stream is connected (its greeting came)");
 
   const added = await api("POST", "/v1/replicas", { id: "replica2", address: replica2!.address });
   t.equal(added.status, 201, JSON.stringify(added.body));
