@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { isAlive } from "../../src/sys/process.js";
 import { parseApiConfig } from "../../src/control/config.js";
 import { startAppliance } from "../../src/control/serve.js";
+import { EmbeddedRedis } from "../../src/control/embedded-redis.js";
 import {
   ClientConnection,
   EngineDataPlane,
@@ -116,4 +117,26 @@ t.test("a start that fails part-way stops what it started", async (t) => {
   );
   t.ok(redisSocketSeen, "Redis was running when the data plane failed");
   await t.rejects(stat(join(dir, "run", "redis.sock")), "and is stopped since");
+});
+
+t.test("with api.redisUrl the operator's Redis holds the state and none is started", async (t) => {
+  const dir = await tempDir(t, "ext");
+  const operators = await EmbeddedRedis.start({
+    runtimeDir: join(dir, "theirs"),
+    dataDir: join(dir, "theirs-data"),
+    log: quietLog,
+  });
+  t.teardown(() => operators.stop());
+  const h = await startHarness(t, dir, { api: { redisUrl: operators.socketPath, redisPrefix: "site-a" } });
+  t.equal(h.appliance.embeddedRedis, undefined, "no redis-server of its own");
+  await t.rejects(stat(join(dir, "run", "redis.sock")), "nothing in its runtime directory");
+  t.equal((await h.call("POST", "/v1/replicas", { id: "r3", address: R3 })).status, 201);
+  const keys = await h.appliance.store.redis.keys("site-a:*");
+  t.same(keys.sort(), [
+    "site-a:10.9.0.100:6379:generation",
+    "site-a:10.9.0.100:6379:history",
+    "site-a:10.9.0.100:6379:original",
+    "site-a:10.9.0.100:6379:replicas",
+  ]);
+  t.same(await h.appliance.store.redis.hkeys("site-a:10.9.0.100:6379:replicas"), ["r1", "r2", "r3"]);
 });
