@@ -10,6 +10,8 @@ import {
   validateLabName,
   validateReplicaCount,
   validateService,
+  validateWanOptions,
+  type WanOptions,
 } from "../lab/topology.js";
 import { PingOptionError, pingPong, validatePingOptions } from "../lab/pingpong.js";
 import { blast } from "../lab/blast.js";
@@ -27,6 +29,9 @@ export class UsageError extends Error {}
 
 const USAGE = `usage:
   tcp-replicator lab up [--name NAME] [--replicas N] [--service echo|redis|http] [--manual-failover]
+                        [--wan-replicas N [--wan-delay-ms D] [--wan-jitter-ms J] [--wan-jitter-dist uniform|normal]
+                         [--wan-loss-pct L] [--wan-queue-packets N] [--wan-queue-bytes B]]
+                        # the last N replicas behind a delay line: +D ms each way (default 11)
   tcp-replicator lab down --name NAME
   tcp-replicator lab exec --name NAME ROLE -- CMD [ARG...]
   tcp-replicator lab kill --name NAME TARGET --mode process|freeze|link|host
@@ -79,13 +84,47 @@ async function labCommand(sub: string | undefined, rest: string[]): Promise<numb
         replicas: { type: "string", default: "2" },
         service: { type: "string", default: "echo" },
         "manual-failover": { type: "boolean", default: false },
+        "wan-replicas": { type: "string" },
+        "wan-delay-ms": { type: "string" },
+        "wan-jitter-ms": { type: "string" },
+        "wan-jitter-dist": { type: "string" },
+        "wan-loss-pct": { type: "string" },
+        "wan-queue-packets": { type: "string" },
+        "wan-queue-bytes": { type: "string" },
       });
       // Validate everything before touching the system.
       const name = validateLabName(values.name);
       const replicas = validateReplicaCount(values.replicas);
       const service = validateService(values.service);
+      const wanFlags = Object.keys(values).filter((k) => k.startsWith("wan-") && k !== "wan-replicas");
+      if (values["wan-replicas"] === undefined && wanFlags.length > 0) {
+        throw new UsageError(`--${wanFlags[0]} needs --wan-replicas N (how many replicas are remote)`);
+      }
+      const wanRaw =
+        values["wan-replicas"] === undefined
+          ? undefined
+          : {
+              replicas: values["wan-replicas"],
+              delayMs: values["wan-delay-ms"],
+              jitterMs: values["wan-jitter-ms"],
+              jitterDistribution: values["wan-jitter-dist"],
+              lossPct: values["wan-loss-pct"],
+              queueLimitPackets: values["wan-queue-packets"],
+              queueLimitBytes: values["wan-queue-bytes"],
+            };
+      const wanChecked = validateWanOptions(wanRaw, replicas);
+      const wan: WanOptions | undefined = wanChecked && {
+        replicas: wanChecked.replicas,
+        ...wanChecked.params,
+      };
       requireRoot();
-      const state = await labUp({ name, replicas, service, autoFailover: !values["manual-failover"] });
+      const state = await labUp({
+        name,
+        replicas,
+        service,
+        autoFailover: !values["manual-failover"],
+        ...(wan ? { wan } : {}),
+      });
       print(labSummary(state.topology));
       return 0;
     }

@@ -7,7 +7,14 @@
 // path (nftables DNAT/SNAT in our own table) forwards VIP:port to the original. Every lab gets its
 // own slot k, hence its own subnets and namespace names, so several labs (parallel tests) coexist.
 // Everything a lab creates is recorded in its state directory; `down` also cleans without it.
-import { mkdir, open, readFile, readdir, rm, unlink, writeFile } from "node:fs/promises";
+//
+// With WAN replicas (`wan` option), the last replicas sit behind a router namespace whose user-space
+// delay line (native/delay-line.c) delays, jitters and drops every packet in each direction:
+//
+//   appliance ──be0── [lan: br0] ──lan0── wan router ──far0── [lan: br1] ──eth0── remote replicas
+//                                          └ dl-out / dl-in: TUN lanes of the delay line
+//   10.100.(2k+1).0/24 (router .254)                  10.101.k.0/24 (router .1)
+import { mkdir, open, readFile, readdir, rm, stat, unlink, writeFile } from "node:fs/promises";
 import { spawn } from "node:child_process";
 import { join } from "node:path";
 import { run, runStatus } from "../sys/command.js";
@@ -36,7 +43,11 @@ import {
   validateLabName,
   validateReplicaCount,
   validateService,
+  validateWanOptions,
   type LabTopology,
+  type WanOptions,
+  type WanParams,
+  type WanRouter,
 } from "./topology.js";
 import { writeWwwTree } from "./www.js";
 
@@ -51,10 +62,21 @@ export interface LabState {
   faults: Array<{ target: string; mode: FaultMode; at: string }>;
   /** The appliance's replication proxy (absent with 0 replicas unless asked: kernel path only). */
   proxy?: { pid: number; statsSocket: string; config: string; log: string };
+  /** The WAN router's delay line (only with remote replicas). */
+  delayLine?: DelayLineProcess;
   createdAt: string;
 }
 
+export interface DelayLineProcess {
+  pid: number;
+  argv: string[];
+  /** Where SIGUSR1 makes it write its counters (see `delayLineStats`). */
+  statsFile: string;
+  log: string;
+}
+
 const CLI_PATH = fileURLToPath(new URL("../cli/main.js", import.meta.url));
+export const DELAY_LINE = fileURLToPath(new URL("../../native/delay-line", import.meta.url));
 
 export function runDir(): string {
   return process.env.TCP_REPLICATOR_RUN_DIR ?? "/run/tcp-replicator";
@@ -191,9 +213,11 @@ async function buildNetwork(t: LabTopology): Promise<void> {
   }
   const lan = t.lan.namespace;
   const appl = t.appliance.namespace;
+  const wan = t.wan;
   await ipBatch(lan, [
     `link add ${t.lan.bridge} type bridge`,
     `link set ${t.lan.bridge} up`,
+    ...(wan ? [`link add ${wan.farBridge} type bridge`, `link set ${wan.farBridge} up`] : []),
     "link set lo up",
   ]);
   // Links are created inside their namespaces directly: nothing ever appears in the root namespace.
@@ -212,6 +236,7 @@ async function buildNetwork(t: LabTopology): Promise<void> {
     `link set ${t.appliance.clientIface} up`,
     `addr add ${t.appliance.backendAddress}/24 dev ${t.appliance.backendIface}`,
     `link set ${t.appliance.backendIface} up`,
+    ...(wan ? [`route add ${wan.remoteSubnet} via ${wan.lanAddress} dev ${t.appliance.backendIface}`] : []),
   ]);
   for (const b of backends(t)) {
     await ipBatch(b.namespace, [
@@ -219,20 +244,157 @@ async function buildNetwork(t: LabTopology): Promise<void> {
       "link set lo up",
       `addr add ${b.address}/24 dev ${b.iface}`,
       `link set ${b.iface} up`,
-      `route add default via ${t.appliance.backendAddress}`,
+      `route add default via ${b.gateway}`,
     ]);
   }
-  const ports = [t.lan.appliancePort, ...backends(t).map((b) => b.lanPort)];
+  if (wan) await buildWanRouter(t, wan);
+  const bridgeOf = (b: (typeof t.replicas)[number]) =>
+    b.site === "wan" && wan ? wan.farBridge : t.lan.bridge;
+  const ports: Array<[string, string]> = [
+    [t.lan.appliancePort, t.lan.bridge],
+    ...(wan
+      ? ([
+          [wan.lanPort, t.lan.bridge],
+          [wan.farPort, wan.farBridge],
+        ] as Array<[string, string]>)
+      : []),
+    ...backends(t).map((b): [string, string] => [b.lanPort, bridgeOf(b)]),
+  ];
   await ipBatch(
     lan,
-    ports.flatMap((p) => [`link set ${p} master ${t.lan.bridge}`, `link set ${p} up`]),
+    ports.flatMap(([p, bridge]) => [`link set ${p} master ${bridge}`, `link set ${p} up`]),
   );
   await sysctl(appl, { "net.ipv4.ip_forward": "1" });
   await offloadsOff(t.client.namespace, [t.client.iface]);
   await offloadsOff(appl, [t.appliance.clientIface, t.appliance.backendIface]);
-  await offloadsOff(lan, ports);
+  await offloadsOff(
+    lan,
+    ports.map(([p]) => p),
+  );
+  if (wan) await offloadsOff(wan.namespace, [wan.lanIface, wan.farIface]);
   for (const b of backends(t)) await offloadsOff(b.namespace, [b.iface]);
-  await waitNetworkReady(t);
+}
+
+/**
+ * The WAN router's links, addresses and policy routing. Its TUN lanes appear only when the delay
+ * line starts (`startDelayLine`), which also routes the lanes' tables into them. The router's
+ * own traffic (the readiness pings) follows the main table and skips the delay line.
+ */
+async function buildWanRouter(t: LabTopology, wan: WanRouter): Promise<void> {
+  const lan = t.lan.namespace;
+  await ipBatch(wan.namespace, [
+    `link add ${wan.lanIface} type veth peer name ${wan.lanPort} netns ${lan}`,
+    `link add ${wan.farIface} type veth peer name ${wan.farPort} netns ${lan}`,
+    "link set lo up",
+    `addr add ${wan.lanAddress}/24 dev ${wan.lanIface}`,
+    `link set ${wan.lanIface} up`,
+    `addr add ${wan.farAddress}/24 dev ${wan.farIface}`,
+    `link set ${wan.farIface} up`,
+    // Clients reach remote replicas directly too (as LAN backends): their answers go back via the appliance.
+    `route add default via ${t.appliance.backendAddress}`,
+    `rule add pref 100 iif ${wan.lanIface} lookup ${wan.toRemote.table}`,
+    `rule add pref 101 iif ${wan.farIface} lookup ${wan.fromRemote.table}`,
+  ]);
+  // A packet the delay line writes back arrives on its TUN although the main table routes its
+  // source out of a veth: strict (or loose, for the LAN's own addresses) reverse-path filtering
+  // would drop it. `default` covers the TUNs, created later.
+  await sysctl(wan.namespace, {
+    "net.ipv4.ip_forward": "1",
+    "net.ipv4.conf.all.rp_filter": "0",
+    "net.ipv4.conf.default.rp_filter": "0",
+    [`net.ipv4.conf.${wan.lanIface}.rp_filter`]: "0",
+    [`net.ipv4.conf.${wan.farIface}.rp_filter`]: "0",
+  });
+}
+
+/** The delay line's command line for a router's parameters (both lanes alike). */
+export function delayLineArgv(wan: WanRouter, statsFile: string): string[] {
+  const p = wan.params;
+  return [
+    DELAY_LINE,
+    "--delay-ms",
+    String(p.delayMs),
+    "--jitter-ms",
+    String(p.jitterMs),
+    "--jitter-dist",
+    p.jitterDistribution,
+    "--loss-pct",
+    String(p.lossPct),
+    "--limit-packets",
+    String(p.queueLimitPackets),
+    "--limit-bytes",
+    String(p.queueLimitBytes),
+    // An idle CPU wakes ~100 µs late from a long sleep (measured, docs/ARCHITECTURE.md); spinning
+    // the last 200 µs before a release hides that, within 5 % of one CPU at most.
+    "--spin-us",
+    "200",
+    "--spin-budget-pct",
+    "5",
+    // The lab shares 2 CPUs with the appliance and the services: without it, a release waits for
+    // a busy CPU's running task (measured: p90 2.7 ms late while the VIP carried traffic).
+    "--realtime",
+    "--stats-file",
+    statsFile,
+    "--tun",
+    wan.toRemote.tun,
+    "--tun",
+    wan.fromRemote.tun,
+  ];
+}
+
+/** Starts the router's delay line and routes its lanes' tables into its TUN devices. */
+async function startDelayLine(t: LabTopology): Promise<DelayLineProcess> {
+  const wan = t.wan!;
+  const dir = labDir(t.name);
+  const statsFile = join(dir, "delay-line.json");
+  const log = join(dir, "delay-line.log");
+  const argv = delayLineArgv(wan, statsFile);
+  // A predecessor's last report must not pass for this process's first (delayLineStats).
+  await rm(statsFile, { force: true });
+  // The log is appended to across restarts (labWanUpdate): only this process's lines count.
+  const from = await stat(log).then(
+    (s) => s.size,
+    () => 0,
+  );
+  const pid = await spawnInNamespace(wan.namespace, argv, log);
+  const tuns = [wan.toRemote.tun, wan.fromRemote.tun];
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const text = (await readFile(log).catch(() => Buffer.alloc(0))).subarray(from).toString("utf8");
+    // The process writes its ready line once every TUN is created and up.
+    if (/delay-line: ready/.test(text)) break;
+    if (!isAlive(pid)) throw new Error(`the delay line exited during start: ${text.trim().slice(-2000)}`);
+    if (Date.now() > deadline) throw new Error("the delay line did not create its TUN devices within 10 s");
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  await ipBatch(wan.namespace, [
+    `route replace default dev ${wan.toRemote.tun} table ${wan.toRemote.table}`,
+    `route replace default dev ${wan.fromRemote.tun} table ${wan.fromRemote.table}`,
+  ]);
+  await waitQdiscs(wan.namespace, tuns);
+  return { pid, argv, statsFile, log };
+}
+
+/**
+ * A TUN reports no carrier state (operstate UNKNOWN); what matters is that linkwatch attached its
+ * qdisc, before which every packet routed into it is dropped.
+ */
+async function waitQdiscs(namespace: string, ifaces: string[]): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const links = JSON.parse(await run(["ip", "-j", "-n", namespace, "link", "show"])) as Array<{
+      ifname: string;
+      qdisc?: string;
+    }>;
+    const pending = ifaces.filter((i) => {
+      const l = links.find((x) => x.ifname === i);
+      return !l || l.qdisc === undefined || l.qdisc === "noop";
+    });
+    if (pending.length === 0) return;
+    if (Date.now() > deadline)
+      throw new Error(`no qdisc on ${pending.join(", ")} in ${namespace} after 10 s`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
 }
 
 /**
@@ -243,13 +405,14 @@ async function buildNetwork(t: LabTopology): Promise<void> {
  */
 async function waitNetworkReady(t: LabTopology): Promise<void> {
   const deadline = Date.now() + 10_000;
+  const tuns: string[] = t.wan ? [t.wan.toRemote.tun, t.wan.fromRemote.tun] : [];
   for (const ns of allNamespaces(t)) {
     for (;;) {
       const links = JSON.parse(await run(["ip", "-j", "-n", ns, "link", "show"])) as Array<{
         ifname: string;
         operstate: string;
       }>;
-      const down = links.filter((l) => l.ifname !== "lo" && l.operstate !== "UP");
+      const down = links.filter((l) => l.ifname !== "lo" && !tuns.includes(l.ifname) && l.operstate !== "UP");
       if (down.length === 0) break;
       if (Date.now() > deadline) {
         throw new Error(`links not up in ${ns} after 10 s: ${down.map((l) => l.ifname).join(", ")}`);
@@ -257,9 +420,16 @@ async function waitNetworkReady(t: LabTopology): Promise<void> {
       await new Promise((r) => setTimeout(r, 20));
     }
   }
+  // Remote replicas are proven from the router (its own packets skip the delay line, so a lossy
+  // WAN cannot fail the lab), and the router from the appliance.
+  const wan = t.wan;
   const pings: Array<[string, string]> = [
     [t.client.namespace, t.appliance.vip],
-    ...backends(t).map((b): [string, string] => [t.appliance.namespace, b.address]),
+    ...backends(t).map((b): [string, string] => [
+      b.site === "wan" && wan ? wan.namespace : t.appliance.namespace,
+      b.address,
+    ]),
+    ...(wan ? [[t.appliance.namespace, wan.lanAddress] as [string, string]] : []),
   ];
   await Promise.all(
     pings.map(async ([ns, addr]) => {
@@ -282,6 +452,22 @@ const HEALTH_CHECKS: Record<LabTopology["service"], { send: string; expect: stri
   redis: { send: "PING\r\n", expect: "+PONG\r\n" },
   http: { send: "HEAD / HTTP/1.0\r\n\r\n", expect: "HTTP/1." },
 };
+
+/**
+ * A probe is one handshake with a deadline (`probeTimeoutMs` before any RTT is measured, 4 × for
+ * periodic probes, a silent periodic probe asked once more): a remote replica farther away than
+ * the deadline would be removed as dead at once, and on a lossy WAN one lost SYN or SYN-ACK in
+ * two tries would remove it. So a WAN lab's default deadline covers the round trip (2 × (delay +
+ * largest jitter) + 10 ms) and, with loss, the kernel's SYN retransmissions at 1 and 3 s. It is
+ * also the floor of the original's probe deadline: detection of a failed original slows by as
+ * much in such a lab (set `failure.probeTimeoutMs` to choose otherwise).
+ */
+export function wanProbeTuning(p: WanParams | undefined): Partial<FailureTuning> {
+  if (!p) return {};
+  const jitter = p.jitterDistribution === "normal" ? 4 * p.jitterMs : p.jitterMs;
+  const rtt = Math.ceil(2 * (p.delayMs + jitter) + 10);
+  return { probeTimeoutMs: Math.max(5, rtt, p.lossPct > 0 ? 3100 : 0) };
+}
 
 async function startProxy(
   t: LabTopology,
@@ -308,7 +494,7 @@ async function startProxy(
         ...(opts.healthCheck
           ? { healthCheck: { ...HEALTH_CHECKS[t.service], timeoutMs: opts.healthCheck.timeoutMs } }
           : {}),
-        ...(opts.failure ? { failure: opts.failure } : {}),
+        ...(opts.failure || t.wan ? { failure: { ...wanProbeTuning(t.wan?.params), ...opts.failure } } : {}),
         // The lab's largest file is 64 MiB: hold enough to verify every byte of it even when the
         // kernel path serves the client far faster than the replicas answer the engine.
         limits: { perConnectionBytes: 128 * 2 ** 20, perReplicaBytes: 2 ** 30, globalBytes: 2 * 2 ** 30 },
@@ -351,12 +537,16 @@ export interface LabUpOptions {
   /** Run the appliance's proxy (capture, engine) even without replicas. By default a lab without
    * replicas has the kernel path alone (benchmarks compare both). */
   proxy?: boolean;
+  /** The last `wan.replicas` replicas are remote: behind a delay line adding `delayMs` (one way,
+   * each direction), jitter and loss. Without it (or with 0) the lab is LAN only. */
+  wan?: WanOptions;
 }
 
 export async function labUp(opts: LabUpOptions): Promise<LabState> {
   const name = validateLabName(opts.name);
   const replicas = validateReplicaCount(opts.replicas);
   const service = validateService(opts.service);
+  validateWanOptions(opts.wan, replicas);
 
   const leftovers = (await listNamespaces()).filter((ns) => isLabNamespace(name, ns));
   if (leftovers.length > 0) {
@@ -378,7 +568,7 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
   }
   try {
     const slot = await allocateSlot(name);
-    const topology = buildTopology(name, slot, replicas, service);
+    const topology = buildTopology(name, slot, replicas, service, opts.wan);
     const state: LabState = {
       version: 1,
       topology,
@@ -388,6 +578,11 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
     };
     await saveState(state);
     await buildNetwork(topology);
+    if (topology.wan) {
+      state.delayLine = await startDelayLine(topology);
+      await saveState(state);
+    }
+    await waitNetworkReady(topology);
     const docroot = join(labDir(name), "www");
     if (service === "http") await writeWwwTree(docroot);
     const started: RunningService[] = await Promise.all(
@@ -518,4 +713,126 @@ export async function labKill(nameArg: string, target: string, modeArg: string):
   state.faults.push({ target, mode, at: new Date().toISOString() });
   await saveState(state);
   return { target, mode, pids, injectedAt };
+}
+
+/** One TUN lane's counters as the delay line reports them (native/delay-line.c). */
+export interface DelayLineLaneStats {
+  tun: string;
+  delayMs: number;
+  jitterMs: number;
+  jitterDist: "uniform" | "normal";
+  lossPct: number;
+  limitPackets: number;
+  limitBytes: number;
+  reorder: boolean;
+  received: number;
+  receivedBytes: number;
+  sent: number;
+  sentBytes: number;
+  droppedLoss: number;
+  droppedQueue: number;
+  writeErrors: number;
+  /** Packets released later than their own draw because the previous packet of their flow was. */
+  heldForOrder: number;
+  /** Packets the kernel dropped at the TUN's ring before the delay line read them. */
+  droppedTun: number;
+  queuedPackets: number;
+  queuedBytes: number;
+  maxQueuePackets: number;
+  maxQueueBytes: number;
+  scheduledDelayMs: { mean: number; min: number; max: number };
+  /** Packets whose arrival is the kernel's timestamp, or (fallback) the time they were read. */
+  kernelStamped: number;
+  readStamped: number;
+  /** Release precision: write time minus scheduled release (µs, 1 µs buckets). */
+  lateUs: LatencySummary;
+  /** How long write() took: the kernel forwarding the released packet. */
+  writeUs: LatencySummary;
+  /** How long after the kernel's timestamp the packet was read (compensated, shown for insight). */
+  readLagUs: LatencySummary;
+}
+
+export interface LatencySummary {
+  count: number;
+  p50: number;
+  p90: number;
+  p99: number;
+  p999: number;
+  max: number;
+}
+
+export interface DelayLineStats {
+  event: "stats" | "reset" | "exit";
+  seq: number;
+  uptimeS: number;
+  spinUs: number;
+  spinBudgetPct: number;
+  spinMs: number;
+  lanes: DelayLineLaneStats[];
+}
+
+async function labWan(nameArg: string): Promise<{ state: LabState; wan: WanRouter; line: DelayLineProcess }> {
+  const state = await loadState(nameArg);
+  const wan = state.topology.wan;
+  if (!wan || !state.delayLine) throw new LabUsageError(`lab ${state.topology.name} has no WAN replicas`);
+  return { state, wan, line: state.delayLine };
+}
+
+/**
+ * The WAN delay line's counters, fresh: asks the process (SIGUSR1) and waits for its report.
+ * `toRemote` carries the appliance's (and clients') packets to the remote replicas. With `reset`
+ * (SIGUSR2) the counters start again after this report, so the next one covers one phase of a
+ * benchmark alone (packets queued at the reset are sent later but were received before it;
+ * `droppedTun` is the kernel's count since the TUN exists).
+ */
+export async function delayLineStats(
+  nameArg: string,
+  options: { reset?: boolean; timeoutMs?: number } = {},
+): Promise<{ toRemote: DelayLineLaneStats; fromRemote: DelayLineLaneStats; report: DelayLineStats }> {
+  const timeoutMs = options.timeoutMs ?? 2000;
+  const { wan, line } = await labWan(nameArg);
+  if (!isAlive(line.pid)) throw new Error(`the delay line (pid ${line.pid}) is not running`);
+  const before = await readFile(line.statsFile, "utf8").catch(() => "");
+  process.kill(line.pid, options.reset ? "SIGUSR2" : "SIGUSR1");
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    // Every report differs from the previous one (its seq and uptime), and arrives by rename.
+    const text = await readFile(line.statsFile, "utf8").catch(() => "");
+    if (text !== "" && text !== before) {
+      const report = JSON.parse(text) as DelayLineStats;
+      const lane = (tun: string) => {
+        const l = report.lanes.find((x) => x.tun === tun);
+        if (!l) throw new Error(`the delay line reported no lane ${tun}`);
+        return l;
+      };
+      return { toRemote: lane(wan.toRemote.tun), fromRemote: lane(wan.fromRemote.tun), report };
+    }
+    if (Date.now() > deadline) throw new Error(`the delay line did not report within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/**
+ * Changes the WAN's parameters of a running lab: the delay line restarts with them (packets it
+ * held are lost, as on a link that flaps; TCP retransmits them). Counters start from zero.
+ */
+export async function labWanUpdate(nameArg: string, changes: Partial<WanParams>): Promise<WanParams> {
+  const { state, wan, line } = await labWan(nameArg);
+  const remote = state.topology.replicas.filter((r) => r.site === "wan").length;
+  const checked = validateWanOptions(
+    { ...wan.params, ...changes, replicas: remote },
+    state.topology.replicas.length,
+  );
+  if (!checked) throw new LabUsageError("no remote replica left to configure");
+  signalAll([line.pid], "SIGTERM");
+  if (!(await waitUntilDead([line.pid], 2000))) {
+    signalAll([line.pid], "SIGKILL");
+    await waitUntilDead([line.pid], 2000);
+  }
+  wan.params = checked.params;
+  state.delayLine = undefined;
+  await saveState(state);
+  state.delayLine = await startDelayLine(state.topology);
+  await saveState(state);
+  return checked.params;
 }

@@ -51,16 +51,76 @@ export function validateService(value: string): ServiceKind {
 
 /** A backend role: the original or one of the replicas. */
 export type BackendRole = "original" | `replica${number}`;
-export type Role = "client" | "appliance" | "lan" | BackendRole;
+export type Role = "client" | "appliance" | "lan" | "wan" | BackendRole;
 
 export interface BackendHost {
   role: BackendRole;
   namespace: string;
-  /** The backend's only link, into the lab LAN. */
+  /** The backend's only link, into the lab LAN (or, for a remote replica, the far-side switch). */
   iface: "eth0";
-  /** The LAN-side end of the backend's link (inside the lan namespace). */
+  /** The switch end of the backend's link (inside the lan namespace, on br0, or br1 when remote). */
   lanPort: string;
   address: string;
+  /** "wan": the replica sits behind the WAN delay line (`LabTopology.wan`). */
+  site: "lan" | "wan";
+  /** The backend's default route. */
+  gateway: string;
+}
+
+export const JITTER_DISTRIBUTIONS = ["uniform", "normal"] as const;
+export type JitterDistribution = (typeof JITTER_DISTRIBUTIONS)[number];
+
+/** What the WAN delay line does to every packet, in each direction independently. */
+export interface WanParams {
+  /** One-way delay, ms: a round trip through the WAN grows by twice this. */
+  delayMs: number;
+  /** uniform: delay + U(-jitter, +jitter); normal: delay + N(0, jitter²) cut at ±4 jitter. */
+  jitterMs: number;
+  jitterDistribution: JitterDistribution;
+  /** Probability that a packet is dropped, percent. */
+  lossPct: number;
+  /** What each direction's queue holds at most; beyond it packets are dropped and counted. */
+  queueLimitPackets: number;
+  queueLimitBytes: number;
+}
+
+/** The WAN options of `lab up`: the last `replicas` replicas are remote. */
+export interface WanOptions extends Partial<WanParams> {
+  replicas: number;
+}
+
+export const WAN_DEFAULTS: WanParams = {
+  delayMs: 11,
+  jitterMs: 0,
+  jitterDistribution: "uniform",
+  lossPct: 0,
+  queueLimitPackets: 100_000,
+  queueLimitBytes: 64 * 2 ** 20,
+};
+export const MAX_WAN_DELAY_MS = 10_000;
+
+/**
+ * The router between the lab LAN and the remote replicas' segment. Its main table routes
+ * between its two links, but policy rules send every packet arriving on one of them to a TUN
+ * lane of the delay line (one lane per direction), which writes it back after the delay; then
+ * the main table forwards it. Each packet crosses the delay line once.
+ */
+export interface WanRouter {
+  namespace: string;
+  /** Link into the lab LAN (br0), the appliance's next hop toward the remote subnet. */
+  lanIface: "lan0";
+  lanPort: "p-wan";
+  lanAddress: string;
+  /** Link into the remote segment (br1 in the lan namespace), the remote replicas' gateway. */
+  farIface: "far0";
+  farPort: "p-wanfar";
+  farBridge: "br1";
+  farAddress: string;
+  remoteSubnet: string;
+  /** Delay-line lanes: packets from the LAN toward the remote replicas, and back. */
+  toRemote: { tun: "dl-out"; table: 100 };
+  fromRemote: { tun: "dl-in"; table: 101 };
+  params: WanParams;
 }
 
 export interface LabTopology {
@@ -86,6 +146,8 @@ export interface LabTopology {
   lan: { namespace: string; bridge: "br0"; appliancePort: string };
   original: BackendHost;
   replicas: BackendHost[];
+  /** Present when some replicas are remote. */
+  wan?: WanRouter;
 }
 
 function subnetBase(slot: number): { client: string; backend: string } {
@@ -103,25 +165,113 @@ export function namespaceName(lab: string, role: Role): string {
 export function isLabNamespace(lab: string, ns: string): boolean {
   const prefix = `${NAMESPACE_PREFIX}${lab}-`;
   if (!ns.startsWith(prefix)) return false;
-  return /^(client|appliance|lan|original|replica[1-9][0-9]*)$/.test(ns.slice(prefix.length));
+  return /^(client|appliance|lan|wan|original|replica[1-9][0-9]*)$/.test(ns.slice(prefix.length));
 }
 
+function wanNumber(
+  value: unknown,
+  what: string,
+  min: number,
+  max: number,
+  opts: { integer?: boolean; maxExclusive?: boolean } = {},
+): number {
+  const n = typeof value === "string" && value.trim() !== "" ? Number(value) : value;
+  const ok =
+    typeof n === "number" &&
+    Number.isFinite(n) &&
+    n >= min &&
+    (opts.maxExclusive ? n < max : n <= max) &&
+    (!opts.integer || Number.isInteger(n));
+  if (!ok) {
+    const kind = opts.integer ? "an integer" : "a number";
+    const upper = opts.maxExclusive ? `below ${max}` : `to ${max}`;
+    throw new LabUsageError(`invalid ${what} ${JSON.stringify(value)}: must be ${kind} from ${min} ${upper}`);
+  }
+  return n;
+}
+
+/**
+ * Checks WAN options against the replica count; undefined when no replica is remote. Accepts
+ * numbers or their decimal strings (the command line's flags).
+ */
+export function validateWanOptions(
+  wan: { [K in keyof WanOptions]?: WanOptions[K] | string } | undefined,
+  replicas: number,
+): { replicas: number; params: WanParams } | undefined {
+  if (wan === undefined) return undefined;
+  const count = wanNumber(wan.replicas, "WAN replica count", 0, replicas, { integer: true });
+  const dist = wan.jitterDistribution ?? WAN_DEFAULTS.jitterDistribution;
+  if (!(JITTER_DISTRIBUTIONS as readonly string[]).includes(dist)) {
+    throw new LabUsageError(
+      `invalid jitter distribution ${JSON.stringify(dist)}: must be one of ${JITTER_DISTRIBUTIONS.join(", ")}`,
+    );
+  }
+  const params: WanParams = {
+    delayMs: wanNumber(wan.delayMs ?? WAN_DEFAULTS.delayMs, "WAN delay (ms)", 0, MAX_WAN_DELAY_MS),
+    jitterMs: wanNumber(wan.jitterMs ?? WAN_DEFAULTS.jitterMs, "WAN jitter (ms)", 0, MAX_WAN_DELAY_MS),
+    jitterDistribution: dist as JitterDistribution,
+    // 100 % would cut the remote replicas off; `lab kill` does that on purpose.
+    lossPct: wanNumber(wan.lossPct ?? WAN_DEFAULTS.lossPct, "WAN loss (%)", 0, 100, { maxExclusive: true }),
+    queueLimitPackets: wanNumber(
+      wan.queueLimitPackets ?? WAN_DEFAULTS.queueLimitPackets,
+      "WAN queue limit (packets)",
+      1,
+      10_000_000,
+      { integer: true },
+    ),
+    queueLimitBytes: wanNumber(
+      wan.queueLimitBytes ?? WAN_DEFAULTS.queueLimitBytes,
+      "WAN queue limit (bytes)",
+      1,
+      2 ** 34,
+      { integer: true },
+    ),
+  };
+  return count === 0 ? undefined : { replicas: count, params };
+}
+
+/**
+ * The lab's hosts and addresses. With `wan`, the last `wan.replicas` replicas live behind the
+ * WAN router in the remote subnet 10.101.(slot).0/24 (their host part as on the LAN); everything
+ * else keeps the address it has without WAN.
+ */
 export function buildTopology(
   name: string,
   slot: number,
   replicas: number,
   service: ServiceKind,
+  wan?: WanOptions,
 ): LabTopology {
   validateLabName(name);
   validateReplicaCount(replicas);
   const base = subnetBase(slot);
-  const backend = (role: BackendRole, hostPart: number): BackendHost => ({
+  const remote = validateWanOptions(wan, replicas);
+  const remoteBase = `10.101.${slot}`;
+  const firstRemote = replicas - (remote?.replicas ?? 0);
+  const applianceBackend = `${base.backend}.1`;
+  const backend = (role: BackendRole, hostPart: number, site: "lan" | "wan" = "lan"): BackendHost => ({
     role,
     namespace: namespaceName(name, role),
     iface: "eth0",
     lanPort: `p-${role}`,
-    address: `${base.backend}.${hostPart}`,
+    address: `${site === "wan" ? remoteBase : base.backend}.${hostPart}`,
+    site,
+    gateway: site === "wan" ? `${remoteBase}.1` : applianceBackend,
   });
+  const wanRouter: WanRouter | undefined = remote && {
+    namespace: namespaceName(name, "wan"),
+    lanIface: "lan0",
+    lanPort: "p-wan",
+    lanAddress: `${base.backend}.254`,
+    farIface: "far0",
+    farPort: "p-wanfar",
+    farBridge: "br1",
+    farAddress: `${remoteBase}.1`,
+    remoteSubnet: `${remoteBase}.0/24`,
+    toRemote: { tun: "dl-out", table: 100 },
+    fromRemote: { tun: "dl-in", table: 101 },
+    params: remote.params,
+  };
   return {
     name,
     slot,
@@ -135,13 +285,16 @@ export function buildTopology(
       clientIface: "cli0",
       backendIface: "be0",
       clientAddress: `${base.client}.1`,
-      backendAddress: `${base.backend}.1`,
+      backendAddress: applianceBackend,
       replicationAddress: `${base.backend}.2`,
       vip: `${base.client}.100`,
     },
     lan: { namespace: namespaceName(name, "lan"), bridge: "br0", appliancePort: "p-appliance" },
     original: backend("original", 10),
-    replicas: Array.from({ length: replicas }, (_, i) => backend(`replica${i + 1}`, 11 + i)),
+    replicas: Array.from({ length: replicas }, (_, i) =>
+      backend(`replica${i + 1}`, 11 + i, i >= firstRemote ? "wan" : "lan"),
+    ),
+    ...(wanRouter ? { wan: wanRouter } : {}),
   };
 }
 
@@ -154,18 +307,26 @@ export function allNamespaces(topo: LabTopology): string[] {
     topo.client.namespace,
     topo.appliance.namespace,
     topo.lan.namespace,
+    ...(topo.wan ? [topo.wan.namespace] : []),
     ...backends(topo).map((b) => b.namespace),
   ];
 }
 
-/** Resolves a role name given on the command line (client, appliance, original, replicaK). */
+/** Resolves a role name given on the command line (client, appliance, lan, wan, original, replicaK). */
 export function namespaceForRole(topo: LabTopology, role: string): string {
   if (role === "client") return topo.client.namespace;
   if (role === "appliance") return topo.appliance.namespace;
   if (role === "lan") return topo.lan.namespace;
+  if (role === "wan" && topo.wan) return topo.wan.namespace;
   const b = backends(topo).find((h) => h.role === role);
   if (!b) {
-    const roles = ["client", "appliance", "lan", ...backends(topo).map((h) => h.role)];
+    const roles = [
+      "client",
+      "appliance",
+      "lan",
+      ...(topo.wan ? ["wan"] : []),
+      ...backends(topo).map((h) => h.role),
+    ];
     throw new LabUsageError(
       `unknown role ${JSON.stringify(role)} in lab ${topo.name}: one of ${roles.join(", ")}`,
     );
@@ -185,11 +346,18 @@ export function backendForTarget(topo: LabTopology, target: string): BackendHost
   return b;
 }
 
-/** The one JSON object `lab up` prints. */
+/** The one JSON object `lab up` prints (`wan` and `namespaces.wan` only with remote replicas). */
 export function labSummary(topo: LabTopology): {
   name: string;
   service: ServiceKind;
-  namespaces: { client: string; appliance: string; lan: string; original: string; replicas: string[] };
+  namespaces: {
+    client: string;
+    appliance: string;
+    lan: string;
+    original: string;
+    replicas: string[];
+    wan?: string;
+  };
   addresses: {
     vip: string;
     client: string;
@@ -199,7 +367,9 @@ export function labSummary(topo: LabTopology): {
     replication: string;
   };
   port: number;
+  wan?: WanParams & { replicas: string[]; router: string; remoteSubnet: string };
 } {
+  const wan = topo.wan;
   return {
     name: topo.name,
     service: topo.service,
@@ -209,6 +379,7 @@ export function labSummary(topo: LabTopology): {
       lan: topo.lan.namespace,
       original: topo.original.namespace,
       replicas: topo.replicas.map((r) => r.namespace),
+      ...(wan ? { wan: wan.namespace } : {}),
     },
     addresses: {
       vip: topo.appliance.vip,
@@ -219,5 +390,15 @@ export function labSummary(topo: LabTopology): {
       replication: topo.appliance.replicationAddress,
     },
     port: topo.port,
+    ...(wan
+      ? {
+          wan: {
+            replicas: topo.replicas.filter((r) => r.site === "wan").map((r) => r.role),
+            router: wan.lanAddress,
+            remoteSubnet: wan.remoteSubnet,
+            ...wan.params,
+          },
+        }
+      : {}),
   };
 }
