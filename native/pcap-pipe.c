@@ -13,7 +13,14 @@
  * engine compare capture times with its own (the RTT of what it sends to replicas).
  *
  * link: -lpcap
- * usage: pcap-pipe DEVICE SNAPLEN BUFFER_BYTES FILTER
+ * Coalescing: after each drain the helper sleeps COALESCE_US before it waits on the ring again.
+ * While it sleeps nobody waits on the capture socket, so the kernel's forwarding path does not
+ * wake anyone for the packets that arrive meanwhile: a wake-up per packet costs the forwarded
+ * packet a cross-CPU wake-up (measured in the lab: +20 µs per client round trip; with 50-500 µs
+ * of coalescing +3 µs). A lone packet is still delivered at once; the ones that follow it within
+ * COALESCE_US wait at most that long.
+ *
+ * usage: pcap-pipe DEVICE SNAPLEN BUFFER_BYTES FILTER [COALESCE_US]
  * stderr: "listening on DEVICE linktype N" once capturing, then once a second
  *         "stats received R dropped D ifdropped I" (libpcap's counters).
  */
@@ -91,8 +98,13 @@ static double now_s(void) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 5) {
-    fprintf(stderr, "usage: %s DEVICE SNAPLEN BUFFER_BYTES FILTER\n", argv[0]);
+  if (argc != 5 && argc != 6) {
+    fprintf(stderr, "usage: %s DEVICE SNAPLEN BUFFER_BYTES FILTER [COALESCE_US]\n", argv[0]);
+    return 2;
+  }
+  long coalesce_us = argc == 6 ? atol(argv[5]) : 0;
+  if (coalesce_us < 0 || coalesce_us > 1000000) {
+    fprintf(stderr, "error: COALESCE_US must be from 0 to 1000000\n");
     return 2;
   }
   char err[PCAP_ERRBUF_SIZE];
@@ -150,6 +162,10 @@ int main(int argc, char **argv) {
       if (n <= 0) break;
     }
     if (out_len > 0 && flush_out() < 0) break;
+    if (coalesce_us > 0 && r > 0) {
+      struct timespec pause = {coalesce_us / 1000000, (coalesce_us % 1000000) * 1000};
+      nanosleep(&pause, NULL);
+    }
     double t = now_s();
     if (t - last >= 1.0) {
       struct pcap_stat st;

@@ -86,12 +86,22 @@ export class Capture {
     filter: string,
     bufferBytes: number,
     sink: CaptureSink,
+    coalesceUs: number,
   ) {
     // The capture must not be starved by the services it watches (in the lab they share the CPUs;
     // on a real appliance they would not): it runs at a raised priority.
     this.child = spawn(
       "nice",
-      ["-n", String(CAPTURE_NICE), PCAP_PIPE, device, String(SNAPLEN), String(bufferBytes), filter],
+      [
+        "-n",
+        String(CAPTURE_NICE),
+        PCAP_PIPE,
+        device,
+        String(SNAPLEN),
+        String(bufferBytes),
+        filter,
+        String(coalesceUs),
+      ],
       {
         stdio: ["ignore", "pipe", "pipe"],
       },
@@ -138,8 +148,9 @@ export class Capture {
     filter: string,
     bufferBytes: number,
     sink: CaptureSink,
+    coalesceUs = 100,
   ): Promise<Capture> {
-    const c = new Capture(channel, device, filter, bufferBytes, sink);
+    const c = new Capture(channel, device, filter, bufferBytes, sink, coalesceUs);
     const deadline = Date.now() + 10_000;
     while (!/listening on/.test(c.stderr)) {
       if (c.exited) throw new Error(`capture failed to start: ${c.stderr.trim()}`);

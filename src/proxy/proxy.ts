@@ -126,7 +126,14 @@ export class Proxy {
       },
       reject: (reason) => this.engine.reject(reason),
     };
-    const client = await Capture.start("client", c.captureDevice, filters.client, c.captureBufferBytes, sink);
+    const client = await Capture.start(
+      "client",
+      c.captureDevice,
+      filters.client,
+      c.captureBufferBytes,
+      sink,
+      c.captureCoalesceUs,
+    );
     try {
       const backend = await Capture.start(
         "backend",
@@ -134,6 +141,7 @@ export class Proxy {
         filters.backend,
         c.captureBufferBytes,
         sink,
+        c.captureCoalesceUs,
       );
       this.captures = { client, backend };
     } catch (e) {

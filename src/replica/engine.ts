@@ -1241,7 +1241,8 @@ export class ReplicationEngine {
 
     if (seg.payload.length > 0 || seg.flags & FIN) {
       const off = toOffset(seg.seq, conn.clientIsn, conn.client.end);
-      conn.rttToOriginal.sent(off, off + seg.payload.length, this.nowUs(now));
+      const early = conn.rttToOriginal.sent(off, off + seg.payload.length, this.nowUs(now));
+      if (early !== undefined) this.rtt.originalSample("data", early, now);
       const grew = conn.client.write(off, seg.payload);
       this.counters.clientBytes += grew;
       if (conn.client.end > conn.originalAckOffset) conn.unackedSince ??= now;
@@ -1439,7 +1440,8 @@ export class ReplicationEngine {
     }
     const off = toOffset(seg.seq, conn.originalIsn, conn.original.end);
     if (seg.payload.length > 0) {
-      conn.rttToClient.sent(off, off + seg.payload.length, this.nowUs(now));
+      const early = conn.rttToClient.sent(off, off + seg.payload.length, this.nowUs(now));
+      if (early !== undefined) this.rtt.clientSample("data", early, now, conn.shadows.size > 0);
       this.counters.originalBytes += conn.original.write(off, seg.payload);
       for (const s of conn.shadows.values()) this.compare(conn, s);
       if (conn.replyAheadSince !== undefined) {

@@ -137,28 +137,42 @@ export class RttTracker {
  * senders time their RTT: start on new data when nothing is being timed, sample when an
  * acknowledgement covers it, and give up when anything is sent again (Karn: the acknowledgement
  * could be for either copy, or released by the hole a retransmission filled).
+ *
+ * The data and its acknowledgement may come through different capture channels, handled in
+ * either order: an acknowledgement of bytes not seen yet is kept (the first one only: it is the
+ * one that answered them) and completes the sample when the data arrives, by capture times.
  */
 export class SegmentTimer {
   private timedEnd: number | undefined;
   private timedAt = 0;
   /** Highest offset sent so far: anything starting below it is a retransmission. */
   private highest = 0;
+  private early: { offset: number; atUs: number } | undefined;
 
-  sent(start: number, end: number, atUs: number): void {
-    if (end <= start) return;
+  /** Data [start, end) sent at atUs; returns a sample when its acknowledgement came first. */
+  sent(start: number, end: number, atUs: number): number | undefined {
+    if (end <= start) return undefined;
+    let sample: number | undefined;
     if (start < this.highest) {
       // Any retransmission ends the timing, not only one of the timed bytes: filling a hole
       // below them releases a cumulative acknowledgement that was waiting for it (BSD's rule).
       this.timedEnd = undefined;
     } else if (this.timedEnd === undefined) {
-      this.timedEnd = end;
-      this.timedAt = atUs;
+      if (this.early && this.early.offset >= end && this.early.atUs >= atUs) {
+        sample = this.early.atUs - atUs;
+      } else {
+        this.timedEnd = end;
+        this.timedAt = atUs;
+      }
     }
     if (end > this.highest) this.highest = end;
+    if (this.early && this.early.offset <= this.highest) this.early = undefined;
+    return sample;
   }
 
   /** The RTT sample (µs) this acknowledgement completes, if any. */
   acked(offset: number, atUs: number): number | undefined {
+    if (offset > this.highest && !this.early) this.early = { offset, atUs };
     if (this.timedEnd === undefined || offset < this.timedEnd) return undefined;
     this.timedEnd = undefined;
     return atUs - this.timedAt;

@@ -146,3 +146,19 @@ t.test("segment timer: one segment at a time, Karn's rule", async (t) => {
   timer.sent(400, 400, 4000);
   t.equal(timer.acked(400, 4100), undefined, "an empty segment is not timed");
 });
+
+t.test("segment timer: an acknowledgement handled before its data (another channel)", async (t) => {
+  const timer = new SegmentTimer();
+  t.equal(timer.acked(100, 1030), undefined, "acknowledges bytes not seen yet: kept");
+  t.equal(timer.acked(200, 1090), undefined, "a later one is not the answer to the first bytes");
+  t.equal(timer.sent(0, 100, 1000), 30, "the data arrives: timed by capture times");
+  t.equal(timer.sent(100, 200, 1060), undefined, "only the first early acknowledgement is kept");
+  timer.sent(200, 300, 2000);
+  t.equal(timer.acked(300, 2025), 25, "in order again: timed as usual");
+  t.equal(timer.acked(500, 1500), undefined);
+  t.equal(
+    timer.sent(300, 400, 2100),
+    undefined,
+    "an early acknowledgement older than the data is no answer to it",
+  );
+});
