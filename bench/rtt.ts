@@ -12,14 +12,14 @@
 //   node dist/bench/main.js rtt [--rounds 15] [--count 1000] [--size 64] [--only lan,wan,throughput]
 //     [--wan-delay-ms 11.5] [--throughput-rounds 5] [--out bench/results]
 import { spawn } from "node:child_process";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { barChart, type Bar } from "./charts.js";
 import { machine, machineLine, writeResults } from "./report.js";
-import { labDown, labUp, type LabState, type LabUpOptions } from "../src/lab/lab.js";
+import { delayLineStats, labDown, labUp, type LabState, type LabUpOptions } from "../src/lab/lab.js";
 import { queryStats } from "../src/proxy/stats-client.js";
 import { run, runStatus } from "../src/sys/command.js";
 import { summarize } from "../src/sys/stats.js";
@@ -319,6 +319,30 @@ async function engineStats(lab: LabState): Promise<EngineStats | null> {
   return (await queryStats(lab.proxy.statsSocket)).engine;
 }
 
+/** Every replica of the lab is still replicated to: a measurement after the appliance removed a
+ * replica (a false failure verdict, say) would pass fewer replicas off as more. */
+async function replicasHealthy(lab: LabState, when: string): Promise<void> {
+  const e = await engineStats(lab);
+  if (!e) return;
+  const want = lab.topology.replicas.length;
+  const f = e.failures;
+  if (f.replicasFailed > 0 || f.replicasLeft !== want || f.promotions > 0) {
+    // The appliance's warnings say why (they go with the lab when it is taken down).
+    const log = lab.proxy ? await readFile(lab.proxy.log, "utf8").catch(() => "") : "";
+    const why = log
+      .split("\n")
+      .filter((l) => /"level":[4-6]\d/.test(l))
+      .slice(-8)
+      .join("\n");
+    const wan = lab.delayLine
+      ? JSON.stringify(await delayLineStats(lab.topology.name).catch((e: unknown) => String(e)))
+      : "";
+    throw new Error(
+      `${wan}\n${when}: ${f.replicasLeft} of ${want} replicas left, ${f.replicasFailed} failed, ${f.promotions} promotions: the measurement would be wrong\n${why}`,
+    );
+  }
+}
+
 const pct = (x: number, base: number) => `${x >= base ? "+" : ""}${(((x - base) / base) * 100).toFixed(1)} %`;
 const us = (x: number | null) => (x === null || !Number.isFinite(x) ? "—" : x.toFixed(1));
 
@@ -349,6 +373,7 @@ async function main(): Promise<void> {
     labNames.push(name);
     const lab = await labUp({ name, ...o });
     await placeLab(lab);
+    await replicasHealthy(lab, `lab ${name} after start`);
     return lab;
   };
   const date = new Date().toISOString();
@@ -405,6 +430,7 @@ async function main(): Promise<void> {
         const by = (key: string) => rows.find((r) => r.key === key)!;
         const base0 = by("a0");
         const nat = by("nat");
+        for (const lab of a) await replicasHealthy(lab, `lab ${lab.topology.name} after the LAN rounds`);
         const engines = await Promise.all(a.map(engineStats));
         result.lan = { rows, engines: engines.map((e) => e?.rtt ?? null) };
         md.push(
@@ -537,8 +563,61 @@ async function main(): Promise<void> {
         });
       }
     }
-    void THESIS_WAN_CLIENT;
-    void THESIS_WAN_SERVER;
+    if (only.has("wan")) {
+      // The thesis's WAN case: every replica remote (22-24 ms away), the client on the LAN.
+      const wanDelayMs = Number(values["wan-delay-ms"]);
+      const base = await up("w0", { replicas: 0, service: "redis", proxy: true });
+      const wl: LabState[] = [base];
+      for (const n of [1, 2])
+        wl.push(
+          await up(`w${n}`, { replicas: n, service: "redis", wan: { replicas: n, delayMs: wanDelayMs } }),
+        );
+      const paths: Path[] = wl.map((lab, n) => ({
+        key: `w${n}`,
+        label: n === 0 ? "appliance, 0 replicas" : `appliance, ${n} remote replica${n === 1 ? "" : "s"}`,
+        lab,
+        host: lab.topology.appliance.vip,
+        port: 6379,
+        replicas: n,
+      }));
+      const rows = await measureRtt(paths, rounds, count, size);
+      for (const lab of wl) await replicasHealthy(lab, `lab ${lab.topology.name} after the WAN rounds`);
+      const engines = await Promise.all(wl.map(engineStats));
+      const b0 = rows[0]!;
+      result.wan = { delayMsOneWay: wanDelayMs, rows, engines: engines.map((e) => e?.rtt ?? null) };
+      md.push(
+        `## Client RTT with WAN replicas (thesis Table 5.3)`,
+        "",
+        `Replicas behind the lab's delay line, ${wanDelayMs} ms each way (replica RTT ≈ ${(2 * wanDelayMs).toFixed(0)} ms, the thesis's 22–24 ms); the client and the original on the LAN. Same ping-pong as above, ${rounds} interleaved rounds, medians.`,
+        "",
+        "| path | p50 (µs) | min–max p50 | mean (µs) | std dev (µs) | p99 (µs) | degradation (mean) | degradation (p50) | server-side RTT (µs) | replica RTT the appliance measured (p50, ms) | thesis client→server (µs) | thesis degradation |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ...rows.map((r, n) => {
+          const e = engines[n];
+          const reps = e
+            ? Object.entries(e.rtt.replicas)
+                .map(
+                  ([id, v]) =>
+                    `${id} ${v.data.total.p50Us === null ? "—" : (v.data.total.p50Us / 1000).toFixed(1)}`,
+                )
+                .join("; ")
+            : "";
+          const thesis = THESIS_WAN_CLIENT[n];
+          return `| ${r.label} | ${us(r.p50Us)} | ${us(r.minP50Us)}–${us(r.maxP50Us)} | ${us(r.meanUs)} | ${us(r.stdDevUs)} | ${us(r.p99Us)} | ${n ? pct(r.meanUs, b0.meanUs) : "—"} | ${n ? pct(r.p50Us, b0.p50Us) : "—"} | ${us(r.serverSrttUs)} | ${reps || "—"} | ${thesis !== undefined ? (thesis * 1000).toFixed(1) : "—"} | ${n && thesis !== undefined ? pct(thesis, THESIS_WAN_CLIENT[0]!) : "—"} |`;
+        }),
+        "",
+        `Thesis server → client with WAN replicas (Table 5.3): ${[0, 1, 2].map((n) => `${n}: ${(THESIS_WAN_SERVER[n]! * 1000).toFixed(1)} µs`).join(", ")}.`,
+        "",
+      );
+      charts.push({
+        name: "wan-rtt",
+        svg: await barChart({
+          title: `Client RTT p50 with replicas ${2 * wanDelayMs} ms away (rule: min–max over rounds)`,
+          unit: "µs",
+          bars: rows.map((r) => ({ label: r.label, value: r.p50Us, lo: r.minP50Us, hi: r.maxP50Us })),
+        }),
+      });
+    }
 
     const stamp = date.replace(/[:.]/g, "-");
     for (const c of charts) {

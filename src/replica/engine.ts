@@ -44,6 +44,10 @@ const MAX_HELD_REFUSALS = 1024;
 const REFUSAL_HOLD_MS = 1000;
 /** A dead probe answer waits at most this long for the capture channels. */
 const CATCH_UP_MS = 5;
+/** The second, patient try of a periodic replica probe that went unanswered (see probeResult). */
+const PATIENT_REPLICA_PROBE_FACTOR = 4;
+// Covers one SYN retransmission (1 s): a lost SYN or a neighbour still resolving is not a death.
+const PATIENT_REPLICA_PROBE_MIN_MS = 1500;
 
 /** Stream offset of `seq` for a stream whose first data byte is isn+1, nearest to `ref`. */
 export function toOffset(seq: number, isn: number, ref: number): number {
@@ -817,11 +821,18 @@ export class ReplicationEngine {
     }
     if (p.periodic && !REFUSALS.has(why)) {
       // No evidence and only silence: one lost SYN (a busy kernel) must not remove a backend.
-      // Asked again at once; that answer decides.
+      // Asked again at once; that answer decides. A replica gets a patient deadline: without
+      // evidence nothing is urgent, and a stall of the appliance longer than one deadline (a
+      // loaded machine, a WAN replica whose deadline is its round trip plus 10 ms) would
+      // otherwise cost a healthy replica, which is not re-admitted by itself.
       this.probeCounters.unknown++;
-      const address = p.target === "original" ? this.original : this.replicas.get(p.target)?.info.address;
+      const isOriginal = p.target === "original";
+      const address = isOriginal ? this.original : this.replicas.get(p.target)?.info.address;
+      const timeoutMs = isOriginal
+        ? p.timeoutMs
+        : Math.max(PATIENT_REPLICA_PROBE_FACTOR * p.timeoutMs, PATIENT_REPLICA_PROBE_MIN_MS);
       if (address !== undefined)
-        this.requestProbe(p.target, address, `${p.reason} unanswered`, now, p.timeoutMs, true);
+        this.requestProbe(p.target, address, `${p.reason} unanswered`, now, timeoutMs, true);
       return;
     }
     const candidate = this.replicas.get(p.target);
