@@ -35,6 +35,7 @@ t.test("demo with a duration", async (t) => {
   const r = await runDemo(["--name", name, "--duration", "2.5"]);
   t.equal(r.code, 0, r.out);
   t.match(r.out, /lab .* up: client 10\.100\.\d+\.2 -> VIP 10\.100\.\d+\.100:7000 -> original/);
+  t.match(r.out, /dashboard: http:\/\/10\.102\.\d+\.2:9480\/ \(switchover token [\w-]+\)/);
   t.match(r.out, /echo 200 round trips of 64 B, RTT p50 \d+ µs.*kernel path: \d+ pkts in, \d+ pkts out/);
   t.match(
     r.out,

@@ -28,7 +28,8 @@ import { startAppliance } from "../control/serve.js";
 export class UsageError extends Error {}
 
 const USAGE = `usage:
-  tcp-replicator lab up [--name NAME] [--replicas N] [--service echo|redis|http] [--manual-failover]
+  tcp-replicator lab up [--name NAME] [--replicas N] [--service echo|redis|http] [--manual-failover] [--no-api]
+                        # the appliance runs \`serve\`: "api" (dashboard, REST) and "token" in the JSON
                         [--wan-replicas N [--wan-delay-ms D] [--wan-jitter-ms J] [--wan-jitter-dist uniform|normal]
                          [--wan-loss-pct L] [--wan-queue-packets N] [--wan-queue-bytes B]]
                         # the last N replicas behind a delay line: +D ms each way (default 11)
@@ -84,6 +85,7 @@ async function labCommand(sub: string | undefined, rest: string[]): Promise<numb
         replicas: { type: "string", default: "2" },
         service: { type: "string", default: "echo" },
         "manual-failover": { type: "boolean", default: false },
+        "no-api": { type: "boolean", default: false },
         "wan-replicas": { type: "string" },
         "wan-delay-ms": { type: "string" },
         "wan-jitter-ms": { type: "string" },
@@ -123,9 +125,13 @@ async function labCommand(sub: string | undefined, rest: string[]): Promise<numb
         replicas,
         service,
         autoFailover: !values["manual-failover"],
+        api: !values["no-api"],
         ...(wan ? { wan } : {}),
       });
-      print(labSummary(state.topology));
+      print({
+        ...labSummary(state.topology),
+        ...(state.api ? { api: state.api.url, token: state.api.token } : {}),
+      });
       return 0;
     }
     case "down": {
@@ -167,7 +173,12 @@ async function labCommand(sub: string | undefined, rest: string[]): Promise<numb
       const name = requireName(values.name);
       const state = await readState(name);
       if (!state) throw new UsageError(`no lab named ${JSON.stringify(name)}`);
-      print({ ...labSummary(state.topology), services: state.services, faults: state.faults });
+      print({
+        ...labSummary(state.topology),
+        ...(state.api ? { api: state.api.url, token: state.api.token } : {}),
+        services: state.services,
+        faults: state.faults,
+      });
       return 0;
     }
     case "promote": {

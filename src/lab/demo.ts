@@ -96,14 +96,17 @@ async function main(): Promise<number> {
   process.on("SIGINT", stop);
   process.on("SIGTERM", stop);
 
-  const state = await labUp({ name, replicas, service });
+  const state = await labUp({ name, replicas, service, api: true });
   const t = state.topology;
   try {
     const s = labSummary(t);
     process.stdout.write(
       `lab ${name} up: client ${s.addresses.client} -> VIP ${s.addresses.vip}:${s.port} -> original ${s.addresses.original}` +
         `, replicas ${s.addresses.replicas.join(", ") || "none"} (service ${service})\n` +
-        `try: tcp-replicator lab exec --name ${name} client -- <command>; Ctrl-C stops the demo and removes the lab\n`,
+        `try: tcp-replicator lab exec --name ${name} client -- <command>; Ctrl-C stops the demo and removes the lab\n` +
+        (state.api
+          ? `dashboard: ${state.api.url}/ (switchover token ${state.api.token}); metrics: ${state.api.url}/metrics\n`
+          : ""),
     );
     const started = Date.now();
     for (let round = 0; !stopping && (duration === 0 || Date.now() - started < duration * 1000); round++) {

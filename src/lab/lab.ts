@@ -16,6 +16,7 @@
 //   10.100.(2k+1).0/24 (router .254)                  10.101.k.0/24 (router .1)
 import { mkdir, open, readFile, readdir, rm, stat, unlink, writeFile } from "node:fs/promises";
 import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { run, runStatus } from "../sys/command.js";
 import {
@@ -62,6 +63,9 @@ export interface LabState {
   faults: Array<{ target: string; mode: FaultMode; at: string }>;
   /** The appliance's replication proxy (absent with 0 replicas unless asked: kernel path only). */
   proxy?: { pid: number; statsSocket: string; config: string; log: string };
+  /** The appliance's control API (`serve` instead of the bare proxy; see LabUpOptions.api): its
+   * base URL on the management link, reachable from the root namespace, and its bearer token. */
+  api?: { url: string; token: string };
   /** The WAN router's delay line (only with remote replicas). */
   delayLine?: DelayLineProcess;
   createdAt: string;
@@ -112,7 +116,8 @@ async function saveState(state: LabState): Promise<void> {
   // A private temporary name: two commands on one lab (two kills at once) must not take each
   // other's file away before the rename.
   const tmp = `${statePath(state.topology.name)}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
-  await writeFile(tmp, JSON.stringify(state, null, 2));
+  // Owner-only: it may hold the lab's API token.
+  await writeFile(tmp, JSON.stringify(state, null, 2), { mode: 0o600 });
   await run(["mv", "-f", tmp, statePath(state.topology.name)]);
 }
 
@@ -205,7 +210,7 @@ async function offloadsOff(namespace: string, ifaces: string[]): Promise<void> {
   }
 }
 
-async function buildNetwork(t: LabTopology): Promise<void> {
+async function buildNetwork(t: LabTopology, withApi: boolean): Promise<void> {
   for (const ns of allNamespaces(t)) {
     await run(["ip", "netns", "add", ns]);
     // IPv6 off: no router solicitations or DAD probes in captures; the lab is IPv4.
@@ -238,6 +243,7 @@ async function buildNetwork(t: LabTopology): Promise<void> {
     `link set ${t.appliance.backendIface} up`,
     ...(wan ? [`route add ${wan.remoteSubnet} via ${wan.lanAddress} dev ${t.appliance.backendIface}`] : []),
   ]);
+  if (withApi) await buildManagementLink(t);
   for (const b of backends(t)) {
     await ipBatch(b.namespace, [
       `link add ${b.iface} type veth peer name ${b.lanPort} netns ${lan}`,
@@ -273,6 +279,24 @@ async function buildNetwork(t: LabTopology): Promise<void> {
   );
   if (wan) await offloadsOff(wan.namespace, [wan.lanIface, wan.farIface]);
   for (const b of backends(t)) await offloadsOff(b.namespace, [b.iface]);
+}
+
+/**
+ * The one link a lab puts in the root namespace, and only when it runs the control API: the
+ * operator's browser and curl live there. It is created from the appliance's side with its peer
+ * sent to this process's namespace in the same command, so it vanishes with the appliance
+ * namespace (`lab down`, or a crash cleaned up later) and is never left half-made.
+ */
+async function buildManagementLink(t: LabTopology): Promise<void> {
+  const m = t.appliance.mgmt;
+  await ipBatch(t.appliance.namespace, [
+    `link add ${m.iface} type veth peer name ${m.hostIface} netns ${process.pid}`,
+    `addr add ${m.address}/24 dev ${m.iface}`,
+    `link set ${m.iface} up`,
+  ]);
+  await run(["ip", "-batch", "-"], {
+    input: `addr add ${m.hostAddress}/24 dev ${m.hostIface}\nlink set ${m.hostIface} up\n`,
+  });
 }
 
 /**
@@ -403,7 +427,7 @@ async function waitQdiscs(namespace: string, ifaces: string[]): Promise<void> {
  * first connection stalls for the 1 s SYN retransmission. So wait until every link is operationally
  * up, then prove each path with one ping (which also leaves the ARP caches warm).
  */
-async function waitNetworkReady(t: LabTopology): Promise<void> {
+async function waitNetworkReady(t: LabTopology, withApi: boolean): Promise<void> {
   const deadline = Date.now() + 10_000;
   const tuns: string[] = t.wan ? [t.wan.toRemote.tun, t.wan.fromRemote.tun] : [];
   for (const ns of allNamespaces(t)) {
@@ -431,12 +455,26 @@ async function waitNetworkReady(t: LabTopology): Promise<void> {
     ]),
     ...(wan ? [[t.appliance.namespace, wan.lanAddress] as [string, string]] : []),
   ];
+  const pingArgv = (ns: string | undefined, addr: string) => [
+    ...(ns === undefined ? [] : ["ip", "netns", "exec", ns]),
+    "ping",
+    "-c1",
+    "-W0.2",
+    "-q",
+    addr,
+  ];
+  // The management link is proven from the root namespace, where its users are.
+  const all: Array<[string | undefined, string]> = [
+    ...pings,
+    ...(withApi ? [[undefined, t.appliance.mgmt.address] as [undefined, string]] : []),
+  ];
   await Promise.all(
-    pings.map(async ([ns, addr]) => {
+    all.map(async ([ns, addr]) => {
       for (;;) {
-        const r = await runStatus(["ip", "netns", "exec", ns, "ping", "-c1", "-W0.2", "-q", addr]);
+        const r = await runStatus(pingArgv(ns, addr));
         if (r.code === 0) return;
-        if (Date.now() > deadline) throw new Error(`lab network: ${addr} unreachable from ${ns}`);
+        if (Date.now() > deadline)
+          throw new Error(`lab network: ${addr} unreachable from ${ns ?? "the root namespace"}`);
       }
     }),
   );
@@ -471,13 +509,17 @@ export function wanProbeTuning(p: WanParams | undefined): Partial<FailureTuning>
 
 async function startProxy(
   t: LabTopology,
-  opts: Pick<LabUpOptions, "autoFailover" | "healthCheck" | "failure">,
-): Promise<NonNullable<LabState["proxy"]>> {
+  opts: Pick<LabUpOptions, "autoFailover" | "healthCheck" | "failure" | "api">,
+): Promise<Pick<LabState, "proxy" | "api">> {
   const autoFailover = opts.autoFailover ?? true;
   const dir = labDir(t.name);
   const config = join(dir, "proxy.json");
   const statsSocket = join(dir, "proxy.sock");
   const log = join(dir, "proxy.log");
+  const mgmt = t.appliance.mgmt;
+  const api = opts.api
+    ? { url: `http://${mgmt.address}:${mgmt.apiPort}`, token: randomBytes(18).toString("base64url") }
+    : undefined;
   await writeFile(
     config,
     JSON.stringify(
@@ -498,27 +540,51 @@ async function startProxy(
         // The lab's largest file is 64 MiB: hold enough to verify every byte of it even when the
         // kernel path serves the client far faster than the replicas answer the engine.
         limits: { perConnectionBytes: 128 * 2 ** 20, perReplicaBytes: 2 ** 30, globalBytes: 2 * 2 ** 30 },
+        // `serve`: the same data plane with its control API on the management link, its state
+        // in its own embedded Redis in the lab directory (gone with the lab).
+        ...(api
+          ? {
+              api: {
+                listen: mgmt.address,
+                port: mgmt.apiPort,
+                token: api.token,
+                runtimeDir: join(dir, "serve"),
+                dataDir: join(dir, "serve-data"),
+                logLevel: process.env.TCP_REPLICATOR_LAB_LOG_LEVEL ?? "info",
+              },
+            }
+          : {}),
       },
       null,
       2,
     ),
+    { mode: 0o600 },
   );
   const pid = await spawnInNamespace(
     t.appliance.namespace,
-    [process.execPath, CLI_PATH, "proxy", "--config", config],
+    [process.execPath, CLI_PATH, api ? "serve" : "proxy", "--config", config],
     log,
   );
   const deadline = Date.now() + 15_000;
   for (;;) {
     try {
       await queryStats(statsSocket, 1000);
-      return { pid, statsSocket, config, log };
+      if (api) {
+        const r = await fetch(`${api.url}/v1/status`, { signal: AbortSignal.timeout(1000) });
+        if (r.status !== 200) throw new Error(`GET /v1/status: ${r.status}`);
+      }
+      return { proxy: { pid, statsSocket, config, log }, ...(api ? { api } : {}) };
     } catch {
       if (!isAlive(pid)) {
         const text = await readFile(log, "utf8").catch(() => "");
         throw new Error(`the proxy exited during start: ${text.trim().slice(-2000)}`);
       }
-      if (Date.now() > deadline) throw new Error("the proxy did not answer on its stats socket within 15 s");
+      if (Date.now() > deadline)
+        throw new Error(
+          api
+            ? "the appliance did not answer on its stats socket and its API within 15 s"
+            : "the proxy did not answer on its stats socket within 15 s",
+        );
       await new Promise((r) => setTimeout(r, 50));
     }
   }
@@ -537,6 +603,11 @@ export interface LabUpOptions {
   /** Run the appliance's proxy (capture, engine) even without replicas. By default a lab without
    * replicas has the kernel path alone (benchmarks compare both). */
   proxy?: boolean;
+  /** Run the appliance as `serve`: the same data plane plus its control API (dashboard, REST,
+   * events, metrics) on a management link to the root namespace (10.102.SLOT.2:9480, the root
+   * namespace's end 10.102.SLOT.1), with a fresh token. Default false here (tests drive the bare
+   * data plane); `tcp-replicator lab up` turns it on unless --no-api. */
+  api?: boolean;
   /** The last `wan.replicas` replicas are remote: behind a delay line adding `delayMs` (one way,
    * each direction), jitter and loss. Without it (or with 0) the lab is LAN only. */
   wan?: WanOptions;
@@ -577,12 +648,13 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
       createdAt: new Date().toISOString(),
     };
     await saveState(state);
-    await buildNetwork(topology);
+    const withApi = opts.api === true && (replicas > 0 || opts.proxy === true);
+    await buildNetwork(topology, withApi);
     if (topology.wan) {
       state.delayLine = await startDelayLine(topology);
       await saveState(state);
     }
-    await waitNetworkReady(topology);
+    await waitNetworkReady(topology, withApi);
     const docroot = join(labDir(name), "www");
     if (service === "http") await writeWwwTree(docroot);
     const started: RunningService[] = await Promise.all(
@@ -603,7 +675,7 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
         snatAddress: topology.appliance.backendAddress,
       });
     } else {
-      state.proxy = await startProxy(topology, opts);
+      Object.assign(state, await startProxy(topology, { ...opts, api: withApi }));
       await saveState(state);
     }
     return state;
@@ -630,6 +702,15 @@ export async function labDown(nameArg: string): Promise<LabDownReport> {
   // Stopped (frozen) processes take SIGKILL too; nothing else is needed to end them.
   signalAll(pids, "SIGKILL");
   await waitUntilDead(pids, 5000);
+  // The management link's root end goes with its namespace only when the kernel gets round to
+  // destroying that namespace (asynchronously): deleted here, so that the name is free at once
+  // for the next lab of this slot.
+  // Only when the appliance namespace holds its peer: the name is this lab's then, not another's.
+  const mgmt = state?.topology.appliance.mgmt;
+  if (mgmt && targets.includes(state.topology.appliance.namespace)) {
+    const peer = await runStatus(["ip", "-n", state.topology.appliance.namespace, "link", "show", mgmt.iface]);
+    if (peer.code === 0) await runStatus(["ip", "link", "del", mgmt.hostIface]);
+  }
   for (const ns of targets) {
     const r = await runStatus(["ip", "netns", "del", ns]);
     if (r.code !== 0 && (await listNamespaces()).includes(ns)) {

@@ -10,6 +10,8 @@ export const SERVICE_PORTS: Record<ServiceKind, number> = { echo: 7000, redis: 6
 export const MAX_REPLICAS = 5;
 /** Labs get non-overlapping /24 pairs 10.100.(2k).0 and 10.100.(2k+1).0, so at most 128 at once. */
 export const MAX_SLOTS = 128;
+/** The lab's control API port on the appliance's management address. */
+export const LAB_API_PORT = 9480;
 export const NAMESPACE_PREFIX = "tr-";
 
 const NAME_RE = /^[a-z0-9][a-z0-9-]{0,30}$/;
@@ -142,6 +144,9 @@ export interface LabTopology {
     /** Source address of the replication engine's shadow conversations (SNAT mode). */
     replicationAddress: string;
     vip: string;
+    /** Management link to the root namespace, where the operator's browser and tools run: the
+     * control API listens on `address` (only labs that run it create the link). */
+    mgmt: { iface: "mgmt0"; hostIface: string; address: string; hostAddress: string; apiPort: number };
   };
   lan: { namespace: string; bridge: "br0"; appliancePort: string };
   original: BackendHost;
@@ -288,6 +293,13 @@ export function buildTopology(
       backendAddress: applianceBackend,
       replicationAddress: `${base.backend}.2`,
       vip: `${base.client}.100`,
+      mgmt: {
+        iface: "mgmt0",
+        hostIface: `trm${slot}`,
+        address: `10.102.${slot}.2`,
+        hostAddress: `10.102.${slot}.1`,
+        apiPort: LAB_API_PORT,
+      },
     },
     lan: { namespace: namespaceName(name, "lan"), bridge: "br0", appliancePort: "p-appliance" },
     original: backend("original", 10),
