@@ -708,7 +708,14 @@ export async function labDown(nameArg: string): Promise<LabDownReport> {
   // Only when the appliance namespace holds its peer: the name is this lab's then, not another's.
   const mgmt = state?.topology.appliance.mgmt;
   if (mgmt && targets.includes(state.topology.appliance.namespace)) {
-    const peer = await runStatus(["ip", "-n", state.topology.appliance.namespace, "link", "show", mgmt.iface]);
+    const peer = await runStatus([
+      "ip",
+      "-n",
+      state.topology.appliance.namespace,
+      "link",
+      "show",
+      mgmt.iface,
+    ]);
     if (peer.code === 0) await runStatus(["ip", "link", "del", mgmt.hostIface]);
   }
   for (const ns of targets) {
