@@ -9,7 +9,7 @@ APT_PACKAGES=(
   iproute2 nftables conntrack ethtool procps psmisc iputils-ping curl ca-certificates
   libpcap-dev tcpdump build-essential python3
   redis-server redis-tools apache2
-  haproxy wrk jq
+  haproxy wrk jq chromium
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -11,6 +11,7 @@ import { ControlError, type ControlPlane } from "./control-plane.js";
 import type { DataPlane } from "./data-plane.js";
 import { EventHub, TooManyClientsError } from "./events.js";
 import type { Metrics } from "./metrics.js";
+import { DASHBOARD_HEADERS, loadDashboard } from "./dashboard.js";
 import type { StateStore } from "./state.js";
 
 export interface ApiOptions {
@@ -176,6 +177,10 @@ export async function buildApi(o: ApiOptions) {
   });
 
   app.get("/openapi.json", { schema: { hide: true } }, (_req, reply) => reply.send(app.swagger()));
+  for (const f of await loadDashboard())
+    app.get(f.route, { schema: { hide: true } }, (_req, reply) =>
+      reply.type(f.type).headers(DASHBOARD_HEADERS).send(f.body),
+    );
 
   app.get(
     "/v1/status",
