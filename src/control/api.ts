@@ -7,7 +7,7 @@ import Fastify, { type FastifyReply, type FastifyRequest } from "fastify";
 import swagger from "@fastify/swagger";
 import type { FastifySchemaValidationError } from "fastify/types/schema.js";
 import type { Logger } from "pino";
-import { ControlError, type ControlPlane } from "./control-plane.js";
+import { ControlError, STREAM_EVENTS, type ControlPlane } from "./control-plane.js";
 import type { DataPlane } from "./data-plane.js";
 import { EventHub, TooManyClientsError } from "./events.js";
 import type { Metrics } from "./metrics.js";
@@ -177,7 +177,7 @@ export async function buildApi(o: ApiOptions) {
   });
 
   app.get("/openapi.json", { schema: { hide: true } }, (_req, reply) => reply.send(app.swagger()));
-  for (const f of await loadDashboard())
+  for (const f of await loadDashboard(STREAM_EVENTS))
     app.get(f.route, { schema: { hide: true } }, (_req, reply) =>
       reply.type(f.type).headers(DASHBOARD_HEADERS).send(f.body),
     );

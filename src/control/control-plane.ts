@@ -38,7 +38,7 @@ export class ControlError extends Error {
 }
 
 /** Engine events operators follow on the event stream (the per-connection chatter stays out). */
-const FORWARDED = new Set<EngineEvent["type"]>([
+const FORWARDED_EVENTS = [
   "promoted",
   "original-failure",
   "no-replica-left",
@@ -48,7 +48,17 @@ const FORWARDED = new Set<EngineEvent["type"]>([
   "diverged",
   "lagging",
   "capture-gap",
-]);
+] as const satisfies ReadonlyArray<EngineEvent["type"]>;
+const FORWARDED = new Set<EngineEvent["type"]>(FORWARDED_EVENTS);
+
+/** Every event type of the stream (GET /v1/events): the control plane's own and the engine's. */
+export const STREAM_EVENTS: readonly string[] = [
+  "roles",
+  "history",
+  "switchover",
+  "replica-draining",
+  ...FORWARDED_EVENTS,
+];
 
 export type Health = "healthy" | "degraded" | "suspect" | "down";
 

@@ -24,12 +24,16 @@ export interface DashboardFile {
   body: Buffer;
 }
 
-export async function loadDashboard(): Promise<DashboardFile[]> {
+/** `eventTypes`: the stream's event types, written into the page for its script to listen to. */
+export async function loadDashboard(eventTypes: readonly string[]): Promise<DashboardFile[]> {
   const dir = new URL("./dashboard/", import.meta.url);
   return Promise.all(
     Object.entries(FILES).map(async ([route, f]) => {
       try {
-        return { route, type: f.type, body: await readFile(new URL(f.file, dir)) };
+        let body = await readFile(new URL(f.file, dir));
+        if (route === "/")
+          body = Buffer.from(body.toString("utf8").replace("__EVENT_TYPES__", eventTypes.join(" ")));
+        return { route, type: f.type, body };
       } catch (e) {
         throw new Error(
           `dashboard file ${f.file} missing in ${dir.pathname} (run npm run build): ${(e as Error).message}`,

@@ -291,21 +291,8 @@ async function refresh(): Promise<void> {
   }
 }
 
-const EVENT_TYPES = [
-  "roles",
-  "history",
-  "promoted",
-  "original-failure",
-  "no-replica-left",
-  "replica-failure",
-  "replica-added",
-  "replica-removed",
-  "replica-draining",
-  "switchover",
-  "diverged",
-  "lagging",
-  "capture-gap",
-];
+/** The stream's event types: the server writes them into the page (one list, on the server). */
+const EVENT_TYPES = (document.body.dataset.eventTypes ?? "").split(" ").filter(Boolean);
 /** Lines kept in the live event list. */
 const EVENT_LINES = 200;
 
