@@ -148,6 +148,8 @@ export class SegmentTimer {
   /** Highest offset sent so far: anything starting below it is a retransmission. */
   private highest = 0;
   private early: { offset: number; atUs: number } | undefined;
+  /** Highest offset any acknowledgement has covered, early ones included. */
+  private ackedHighest = 0;
 
   /** Data [start, end) sent at atUs; returns a sample when its acknowledgement came first. */
   sent(start: number, end: number, atUs: number): number | undefined {
@@ -160,7 +162,9 @@ export class SegmentTimer {
     } else if (this.timedEnd === undefined) {
       if (this.early && this.early.offset >= end && this.early.atUs >= atUs) {
         sample = this.early.atUs - atUs;
-      } else {
+      } else if (this.ackedHighest < end) {
+        // Bytes an acknowledgement already covered (a later early one, not kept) cannot be timed:
+        // starting a timer on them would only end at the next acknowledgement, one round late.
         this.timedEnd = end;
         this.timedAt = atUs;
       }
@@ -172,6 +176,7 @@ export class SegmentTimer {
 
   /** The RTT sample (µs) this acknowledgement completes, if any. */
   acked(offset: number, atUs: number): number | undefined {
+    if (offset > this.ackedHighest) this.ackedHighest = offset;
     if (offset > this.highest && !this.early) this.early = { offset, atUs };
     if (this.timedEnd === undefined || offset < this.timedEnd) return undefined;
     this.timedEnd = undefined;

@@ -415,7 +415,9 @@ t.test("a half-open connection holds a switchover back until its handshake compl
   const done = await sw;
   t.equal(done.status, 200, JSON.stringify(done.body));
   t.match(done.body, { spliced: 2, reset: 0, dropped: 0 }, "both connections continue");
-  t.ok(done.body.waitedMs >= 30);
+  // The handler's clock starts a little after ours (routing, auth), so it reads a bit under the
+  // 30 ms the handshake was held back; a switchover that did not wait reads ~0.
+  t.ok(done.body.waitedMs >= 10, `waited for the handshake (${done.body.waitedMs} ms)`);
 });
 
 t.test("external failover promotes at once; automatic failovers are recorded too", async (t) => {
