@@ -145,6 +145,12 @@ export class Metrics {
     counter("replicaCompared", "replica_compared_bytes_total", "Reply bytes compared with the original's", [
       "replica",
     ]);
+    counter(
+      "replicaTolerated",
+      "replica_tolerated_bytes_total",
+      "Reply bytes that differed from the original's inside an HTTP Date value (not a divergence)",
+      ["replica"],
+    );
     counter("retransmits", "replica_retransmits_total", "Segments retransmitted to each replica", [
       "replica",
     ]);
@@ -244,6 +250,10 @@ export class Metrics {
     set(
       "replicaCompared",
       perReplica((r) => r.comparedBytes),
+    );
+    set(
+      "replicaTolerated",
+      perReplica((r) => r.toleratedBytes),
     );
     set(
       "retransmits",

@@ -38,6 +38,8 @@ export interface ProxyConfig {
    * with `expect` within `timeoutMs`. Without it a probe only checks that the port accepts. */
   healthCheck: HealthCheck | undefined;
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+  /** A replica's HTTP Date header a second off the original's is no divergence (default true). */
+  tolerateHttpDate: boolean;
 }
 
 export interface FailureTuning {
@@ -77,6 +79,7 @@ const KNOWN = new Set([
   "finHoldMs",
   "autoFailover",
   "logLevel",
+  "tolerateHttpDate",
 ]);
 const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
 
@@ -202,6 +205,7 @@ export function parseProxyConfig(raw: unknown): ProxyConfig {
     failure,
     healthCheck,
     logLevel: (r.logLevel ?? "info") as ProxyConfig["logLevel"],
+    tolerateHttpDate: r.tolerateHttpDate === undefined ? true : bool(r, "tolerateHttpDate"),
   };
   if (!(LOG_LEVELS as readonly string[]).includes(cfg.logLevel))
     throw new ConfigError(`logLevel: one of ${LOG_LEVELS.join(", ")}`);

@@ -77,6 +77,7 @@ export class Proxy {
       ...base,
       limits: config.limits,
       finHoldMs: config.finHoldMs,
+      compare: { httpDate: config.tolerateHttpDate },
       failure: { ...base.failure, ...config.failure, autoFailover: config.autoFailover, probes: true },
     });
     for (const r of config.replicas) this.engine.addReplica({ id: r.id, address: parseIPv4(r.address) });

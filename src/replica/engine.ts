@@ -18,6 +18,7 @@ import { ByteStream } from "./byte-stream.js";
 import { ShadowConversation } from "./shadow.js";
 import { DelayEstimator } from "./estimator.js";
 import { RttTracker, SegmentTimer, type RttSeries } from "./rtt.js";
+import { HTTP_DATE_CONTEXT, httpDateDifference } from "./reply-mask.js";
 import type {
   EngineConfig,
   EngineEvent,
@@ -184,6 +185,7 @@ interface ReplicaCounters {
   retransmits: number;
   replyBytes: number;
   comparedBytes: number;
+  toleratedBytes: number;
   diverged: number;
   lagging: number;
   unverified: number;
@@ -350,6 +352,7 @@ export class ReplicationEngine {
       retransmits: 0,
       replyBytes: 0,
       comparedBytes: 0,
+      toleratedBytes: 0,
       diverged: 0,
       lagging: 0,
       unverified: 0,
@@ -1112,6 +1115,7 @@ export class ReplicationEngine {
         retransmits: r.retransmits,
         replyBytes: r.replyBytes,
         comparedBytes: r.comparedBytes,
+        toleratedBytes: r.toleratedBytes,
         diverged: r.diverged,
         lagging: r.lagging,
         unverified: r.unverified,
@@ -2005,10 +2009,9 @@ export class ReplicationEngine {
       if (upto > s.compared) {
         const mine = s.reply.read(s.compared, upto);
         const theirs = conn.original.read(s.compared, upto);
-        if (!mine.equals(theirs)) {
-          let i = 0;
-          while (mine[i] === theirs[i]) i++;
-          this.setStatus(conn, s, "diverged", "reply bytes differ", s.compared + i);
+        const differs = mine.equals(theirs) ? -1 : this.firstRealDifference(conn, s, mine, theirs);
+        if (differs >= 0) {
+          this.setStatus(conn, s, "diverged", "reply bytes differ", s.compared + differs);
         } else {
           const r = this.replicas.get(s.replica.id);
           if (r) r.comparedBytes += upto - s.compared;
@@ -2019,6 +2022,27 @@ export class ReplicationEngine {
     }
     this.releaseReply(conn, s);
     this.releaseOriginal(conn);
+  }
+
+  /** Index of the first difference between equally long reply ranges starting at s.compared
+   * that no tolerance excuses (-1: none); excused ones are counted. */
+  private firstRealDifference(
+    conn: ReplicatedConnection,
+    s: ShadowConversation,
+    mine: Buffer,
+    theirs: Buffer,
+  ): number {
+    for (let i = 0; i < mine.length; i++) {
+      if (mine[i] === theirs[i]) continue;
+      if (!this.config.compare.httpDate) return i;
+      const at = s.compared + i;
+      const from = Math.max(conn.original.base, at - HTTP_DATE_CONTEXT);
+      if (!httpDateDifference(conn.original.read(from, at), theirs[i]!, mine[i]!)) return i;
+      s.toleratedBytes++;
+      const r = this.replicas.get(s.replica.id);
+      if (r) r.toleratedBytes++;
+    }
+    return -1;
   }
 
   /** Reply bytes are kept until compared (or no longer compared) and acknowledged to the replica,
@@ -2032,7 +2056,8 @@ export class ReplicationEngine {
   private releaseOriginal(conn: ReplicatedConnection): void {
     let min = conn.original.end;
     for (const s of conn.shadows.values()) if (s.comparing) min = Math.min(min, s.compared);
-    conn.original.release(min);
+    // A few compared bytes stay: a Date value split across segments needs its line's start.
+    conn.original.release(this.config.compare.httpDate ? min - HTTP_DATE_CONTEXT : min);
   }
 
   private releaseClient(conn: ReplicatedConnection): void {

@@ -67,6 +67,8 @@ export class ShadowConversation {
   retransmits = 0;
   replyBytes = 0;
   comparedBytes = 0;
+  /** Reply bytes that differed from the original's where a tolerance excused it (HTTP Date). */
+  toleratedBytes = 0;
   /** Reply bytes this shadow added to the engine's global total at the last accounting. */
   accountedGlobal = 0;
   /** Bytes (client backlog + reply) it added to its replica's total at the last accounting. */

@@ -72,6 +72,12 @@ export interface EngineConfig {
      * full stall thresholds and a close alone is a failure at once. */
     probes: boolean;
   };
+  /** Differences between reply streams that are not divergences. */
+  compare: {
+    /** A difference inside an HTTP Date header's value (the replica answered in the next
+     * second) is counted, not a divergence (src/replica/reply-mask.ts). */
+    httpDate: boolean;
+  };
   /** Closed connections linger this long to absorb retransmissions, then are freed. */
   lingerMs: number;
   /** Source ports for shadow conversations. */
@@ -111,6 +117,7 @@ export function defaultConfig(
       autoFailover: false,
       probes: false,
     },
+    compare: { httpDate: true },
     lingerMs: 2000,
     portRange: [20000, 60999],
     mtu: 1500,
@@ -171,6 +178,8 @@ export interface ReplicaStats {
   retransmits: number;
   replyBytes: number;
   comparedBytes: number;
+  /** Reply bytes that differed from the original's inside an HTTP Date value (excused). */
+  toleratedBytes: number;
   diverged: number;
   lagging: number;
   unverified: number;

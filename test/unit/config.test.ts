@@ -26,6 +26,8 @@ t.test("a valid config gets defaults", async (t) => {
     probeIntervalMs: 500,
   });
   t.equal(c.healthCheck, undefined, "no health check unless configured");
+  t.equal(c.tolerateHttpDate, true, "HTTP Date differences tolerated by default");
+  t.equal(parseProxyConfig({ ...good, tolerateHttpDate: false }).tolerateHttpDate, false);
   const tuned = parseProxyConfig({
     ...good,
     failure: { stallSuspectMs: 10, probeIntervalMs: 0 },
@@ -60,6 +62,7 @@ t.test("bad configs are refused with the field's name", async (t) => {
     [{ ...good, limits: { perConnectionBytes: 10 } }, /perConnectionBytes/],
     [{ ...good, limits: { bogus: 1 } }, /limits: unknown field "bogus"/],
     [{ ...good, logLevel: "loud" }, /logLevel/],
+    [{ ...good, tolerateHttpDate: "yes" }, /^tolerateHttpDate: expected true or false/],
     [{ ...good, table: "drop table" }, /table/],
     [{ ...good, failure: [] }, /failure: expected an object/],
     [{ ...good, failure: { stallSuspectMs: 0 } }, /stallSuspectMs: expected an integer from 1/],

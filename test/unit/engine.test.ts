@@ -1545,3 +1545,47 @@ t.test("passive RTT: handshakes are timed whichever capture channel is handled f
     `original ≈ 250 µs (${rtt.original.handshake.total.p50Us})`,
   );
 });
+
+const RESPONSE = (date: string, body = "ok") =>
+  `HTTP/1.1 200 OK\r\nDate: ${date}\r\nContent-Length: ${body.length}\r\n\r\n${body}`;
+
+t.test("a replica's HTTP Date one second later is tolerated and counted, not a divergence", async (t) => {
+  const sc = new Scenario();
+  sc.open();
+  sc.replicaSynAck(R1, 1);
+  sc.client("GET / HTTP/1.1\r\n\r\n");
+  const original = RESPONSE("Thu, 03 Dec 2026 23:59:59 GMT");
+  const replica = RESPONSE("Fri, 04 Dec 2026 00:00:00 GMT");
+  // Split inside the value: the line's start was compared in an earlier segment.
+  sc.original(original.slice(0, 30));
+  sc.original(original.slice(30));
+  sc.replica(R1, 0, replica.slice(0, 30), 18);
+  sc.replica(R1, 30, replica.slice(30), 18);
+  const r = sc.engine.stats().replicas[0]!;
+  t.equal(r.diverged, 0);
+  t.equal(r.comparedBytes, original.length, "every byte compared");
+  t.equal(r.toleratedBytes, 3 + 1 + 6, "the differing bytes counted: Thu/Fri, 03/04, 23:59:59/00:00:00");
+  t.notOk(sc.events.some((e) => e.type === "diverged"));
+  // A later difference in the body is a divergence, at its own offset.
+  sc.client("GET / HTTP/1.1\r\n\r\n", original.length);
+  const next = RESPONSE("Fri, 04 Dec 2026 00:00:00 GMT", "AB");
+  sc.original(next);
+  sc.replica(R1, original.length, next.replace("AB", "AC"), 36);
+  t.same(
+    sc.events.filter((e) => e.type === "diverged").map((e) => (e.type === "diverged" ? e.offset : -1)),
+    [original.length + next.length - 1],
+  );
+});
+
+t.test("without the tolerance a Date a second later is a divergence", async (t) => {
+  const sc = new Scenario(config({ compare: { httpDate: false } }));
+  sc.open();
+  sc.replicaSynAck(R1, 1);
+  sc.client("GET / HTTP/1.1\r\n\r\n");
+  const original = RESPONSE("Thu, 03 Dec 2026 06:12:16 GMT");
+  sc.original(original);
+  sc.replica(R1, 0, original.replace(":16 GMT", ":17 GMT"), 18);
+  const ev = sc.events.find((e) => e.type === "diverged");
+  t.equal(ev?.type === "diverged" ? ev.offset : -1, original.indexOf(":16 GMT") + 2);
+  t.equal(sc.engine.stats().replicas[0]!.toleratedBytes, 0);
+});
