@@ -35,6 +35,8 @@ export interface DataPlane {
   /** Gives it no new shadow conversations; the open ones continue. */
   drainReplica(id: string): void;
   removeReplica(id: string): void;
+  /** A planned pause of the original for up to `ms` (a fork): not a failure until released. */
+  holdOriginal(ms: number): () => void;
   /** Promotes now; engine events (the "promoted" one) are delivered before this resolves. */
   promote(id: string): Promise<PromotionReport>;
   /** Probes a backend's service port (and health check) from the appliance. */

@@ -48,6 +48,10 @@ export class ProxyDataPlane implements DataPlane {
     this.proxy.addReplica(id, address);
   }
 
+  holdOriginal(ms: number): () => void {
+    return this.proxy.holdOriginal(ms);
+  }
+
   drainReplica(id: string): void {
     this.proxy.drainReplica(id);
   }

@@ -319,6 +319,22 @@ export class Proxy {
     this.flush();
   }
 
+  /**
+   * The original is about to be paused on purpose for up to `ms` (a fork of its disk): its
+   * silence is no failure until the returned function is called (or the time is up).
+   */
+  holdOriginal(ms: number): () => void {
+    this.engine.holdOriginal(ms, engineNow());
+    this.flush();
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.engine.releaseHold(engineNow());
+      this.flush(); // schedules the engine's timers from the restarted stall clocks
+    };
+  }
+
   /** Drains a replica: no shadow on it for connections opened from now on. */
   drainReplica(id: string): void {
     this.engine.drainReplica(id);

@@ -45,6 +45,8 @@ const MAX_HELD_REFUSALS = 1024;
 const REFUSAL_HOLD_MS = 1000;
 /** A dead probe answer waits at most this long for the capture channels. */
 const CATCH_UP_MS = 5;
+/** Longest planned pause of the original the engine accepts (a fork copies a few MB). */
+const MAX_HOLD_MS = 10_000;
 /** The second, patient try of a periodic replica probe that went unanswered (see probeResult). */
 const PATIENT_REPLICA_PROBE_FACTOR = 4;
 // Covers one SYN retransmission (1 s): a lost SYN or a neighbour still resolving is not a death.
@@ -289,6 +291,12 @@ export class ReplicationEngine {
   private readonly lastProbeAt = new Map<string, number>();
   /** A failure of the current original was signalled already. */
   private failureSignaled = false;
+  /** A planned pause of the original (a fork copies its disk while it is paused): nothing seen
+   * in [from, until) counts as its failure. */
+  private hold: { from: number; until: number } | undefined;
+  private holdEnded: { from: number; until: number } | undefined;
+  /** Stall clocks never start before this (the end of the last hold). */
+  private stallClockFloor = -Infinity;
 
   private readonly counters = {
     client: 0,
@@ -479,6 +487,8 @@ export class ReplicationEngine {
     const want = (t: number) => {
       if (next === undefined || t < next) next = t;
     };
+    if (this.hold && now >= this.hold.until) this.endHold(this.hold.until);
+    const holding = this.hold !== undefined;
     let failed: Verdict | undefined;
     let suspect: Verdict | undefined;
     if (this.unboundCount > 0) {
@@ -541,6 +551,10 @@ export class ReplicationEngine {
     this.runElection(now);
     this.periodicProbes(now, want);
     if (this.failureSignaled) return next;
+    if (holding) {
+      want(this.hold!.until);
+      return next;
+    }
     if (failed?.verdict === "failed") {
       this.originalFailed(failed.reason, failed.conn.id, failed.afterMs, now);
     } else if (suspect?.verdict === "suspect") {
@@ -603,6 +617,10 @@ export class ReplicationEngine {
     else conn.ackBehindSince = undefined;
     if (conn.client.end > conn.originalAckOffset) conn.unackedSince ??= now;
     else conn.unackedSince = undefined;
+    const floor = this.stallClockFloor;
+    if (conn.replyAheadSince !== undefined && conn.replyAheadSince < floor) conn.replyAheadSince = floor;
+    if (conn.ackBehindSince !== undefined && conn.ackBehindSince < floor) conn.ackBehindSince = floor;
+    if (conn.unackedSince !== undefined && conn.unackedSince < floor) conn.unackedSince = floor;
     const silentAny = this.silentMs(this.lastFromOriginal, now);
     const silentData = this.silentMs(this.lastDataFromOriginal, now);
     const suspectMs = this.stallSuspectMs();
@@ -754,7 +772,8 @@ export class ReplicationEngine {
       want(at);
       return false;
     };
-    if (!this.failureSignaled && due("original"))
+    if (this.hold) want(this.hold.until);
+    else if (!this.failureSignaled && due("original"))
       this.requestProbe("original", this.original, PERIODIC, now, 4 * this.probeTimeoutMs());
     for (const r of this.replicas.values()) {
       if (r.promoted || !due(r.info.id)) continue;
@@ -890,6 +909,11 @@ export class ReplicationEngine {
         continue;
       }
       const reason = `${p.reason}; probe of its service port: ${v.why}`;
+      if (p.target === "original" && this.heldAt(p.sentAt, now)) {
+        // The original was paused on purpose: its silence is no verdict.
+        this.probeCounters.unknown++;
+        continue;
+      }
       if (p.target === "original") {
         if (!this.failureSignaled) this.originalFailed(reason, "", now - p.sentAt, now, p.sentAt);
       } else {
@@ -898,6 +922,42 @@ export class ReplicationEngine {
     }
     this.deadVerdicts.length = 0;
     this.deadVerdicts.push(...keep);
+  }
+
+  /**
+   * The original is about to be paused on purpose for up to `ms` (a fork of its disk): until
+   * releaseHold() or the deadline, its silence is not a failure. Stall clocks restart when the
+   * hold ends, so a stall must then last its full threshold again. Bounded: a hold that is never
+   * released ends by itself.
+   */
+  holdOriginal(ms: number, now: number): void {
+    const until = now + Math.min(Math.max(0, ms), MAX_HOLD_MS);
+    this.hold = { from: this.hold?.from ?? now, until: Math.max(until, this.hold?.until ?? -Infinity) };
+  }
+
+  /** The planned pause is over (the original was resumed). */
+  releaseHold(now: number): void {
+    if (!this.hold) return;
+    this.hold.until = Math.min(this.hold.until, now);
+    this.endHold(now);
+  }
+
+  /** Whether the original was on hold at `t` (or is now). */
+  private heldAt(t: number, now: number): boolean {
+    for (const h of [this.hold, this.holdEnded])
+      if (h && ((t >= h.from && t < h.until) || (h === this.hold && now < h.until))) return true;
+    return false;
+  }
+
+  private endHold(now: number): void {
+    this.holdEnded = this.hold;
+    this.hold = undefined;
+    this.restartStallClocks(now);
+  }
+
+  /** Stalls are counted from now on at the earliest. */
+  private restartStallClocks(now: number): void {
+    this.stallClockFloor = now;
   }
 
   /** Held refusals go to their clients (those `which` selects). */

@@ -140,6 +140,18 @@ export class EngineDataPlane implements DataPlane {
   drainReplica(id: string): void {
     this.engine.drainReplica(id);
   }
+  /** Holds asked for (ms) and released, in order. */
+  readonly holds: Array<{ ms: number; released: boolean }> = [];
+  holdOriginal(ms: number): () => void {
+    const h = { ms, released: false };
+    this.holds.push(h);
+    this.engine.holdOriginal(ms, this.now);
+    return () => {
+      h.released = true;
+      this.engine.releaseHold(this.now);
+      this.drain();
+    };
+  }
   removeReplica(id: string): void {
     this.engine.removeReplica(id);
     this.drain();

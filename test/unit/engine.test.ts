@@ -1589,3 +1589,51 @@ t.test("without the tolerance a Date a second later is a divergence", async (t) 
   t.equal(ev?.type === "diverged" ? ev.offset : -1, original.indexOf(":16 GMT") + 2);
   t.equal(sc.engine.stats().replicas[0]!.toleratedBytes, 0);
 });
+
+t.test("a planned pause of the original (a fork) is no failure; a real one after it still is", async (t) => {
+  const setup = () => {
+    const cfg = config();
+    cfg.failure.autoFailover = true;
+    cfg.failure.probes = true;
+    const sc = new Scenario(cfg, [R1]);
+    sc.open();
+    sc.replicaSynAck(R1, 1);
+    sc.client("INCR k\r\n");
+    sc.original(":1\r\n");
+    sc.replica(R1, 0, ":1\r\n", 8);
+    sc.engine.holdOriginal(500, sc.now);
+    sc.client("INCR k\r\n", 4);
+    sc.replica(R1, 4, ":2\r\n", 16); // the paused original answers nothing
+    return sc;
+  };
+  const paused = setup();
+  paused.tick(100);
+  t.same(paused.probes, [], "no suspicion, no probe while the original is held");
+  t.equal(paused.engine.stats().failures.detected, 0);
+  paused.engine.releaseHold(paused.now);
+  paused.original(":2\r\n"); // resumed: it answers at once
+  paused.tick(200);
+  t.equal(paused.engine.stats().failures.detected, 0, "resumed and answering: nothing happened");
+
+  const died = setup();
+  died.tick(30);
+  // A probe answer that arrives during the hold (sent before it, or a periodic one) decides nothing.
+  died.engine.releaseHold(died.now);
+  died.tick(2);
+  t.same(died.probes, [], "the stall clock restarted when the hold ended: not before stallSuspectMs");
+  died.tick(1);
+  t.match(died.probes, [{ target: "original" }], "then suspected as usual");
+  died.engine.probeResult(died.probes[0]!.id, false, died.now);
+  died.candidates();
+  t.equal(died.engine.stats().failures.promotions, 1, "still silent after the hold: failed over");
+
+  const forgotten = setup();
+  forgotten.tick(10_000);
+  t.ok(forgotten.probes.length > 0, "a hold never released ends by itself (10 s at most)");
+  const late = setup();
+  late.engine.holdOriginal(60_000, late.now);
+  late.tick(9_999);
+  t.same(late.probes, [], "held...");
+  late.tick(5);
+  t.ok(late.probes.length > 0, "...but a longer hold is capped at 10 s");
+});
