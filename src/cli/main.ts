@@ -17,6 +17,7 @@ import { PingOptionError, pingPong, validatePingOptions } from "../lab/pingpong.
 import { blast } from "../lab/blast.js";
 import { isIPv4 } from "../proxy/nft.js";
 import { readFile } from "node:fs/promises";
+import { dirname, resolve } from "node:path";
 import { pino } from "pino";
 import { ConfigError, parseProxyConfig } from "../proxy/config.js";
 import { Proxy } from "../proxy/proxy.js";
@@ -282,7 +283,7 @@ async function readConfigFile(path: string): Promise<unknown> {
 async function serveCommand(rest: string[]): Promise<number> {
   const { values } = parse(rest, { config: { type: "string" } });
   if (values.config === undefined) throw new UsageError("serve: --config FILE is required");
-  const config = parseServeConfig(await readConfigFile(values.config), process.env);
+  const config = parseServeConfig(await readConfigFile(values.config), process.env, dirname(resolve(values.config)));
   requireRoot();
   const log = pino({ level: config.api.logLevel, base: { pid: process.pid } }, pino.destination(2));
   // Caught from here on: a signal during start-up stops what started instead of killing it.

@@ -13,6 +13,7 @@ import { EventHub, TooManyClientsError } from "./events.js";
 import type { Metrics } from "./metrics.js";
 import { DASHBOARD_HEADERS, loadDashboard } from "./dashboard.js";
 import type { StateStore } from "./state.js";
+import type { RedundancyKeeper } from "./redundancy.js";
 
 export interface ApiOptions {
   control: ControlPlane;
@@ -23,6 +24,8 @@ export interface ApiOptions {
   token: string;
   log: Logger;
   defaults: { drainTimeoutMs: number; switchoverWaitMs: number };
+  /** Machine provisioning (libvirt), when configured. */
+  machines?: RedundancyKeeper | undefined;
 }
 
 const ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$";
@@ -209,6 +212,41 @@ export async function buildApi(o: ApiOptions) {
       },
     },
     (_req, reply) => reply.send(o.control.status()),
+  );
+
+  app.get(
+    "/v1/machines",
+    {
+      schema: {
+        tags: ["machines"],
+        summary:
+          "Machines provisioned through libvirt: state, host, role, the replica count kept, what is being provisioned",
+        response: {
+          200: {
+            type: "object",
+            properties: {
+              target: { type: "integer" },
+              machines: { type: "array", items: { type: "object", additionalProperties: true } },
+              current: { type: "object", nullable: true, additionalProperties: true },
+              counters: { type: "object", additionalProperties: true },
+              lastError: { type: "string", nullable: true },
+              hostsDown: { type: "array", items: { type: "object", additionalProperties: true } },
+              watch: { type: "object", additionalProperties: true },
+            },
+          },
+          404: errorSchema,
+        },
+      },
+    },
+    (_req, reply) => {
+      if (!o.machines)
+        return reply.code(404).send({
+          statusCode: 404,
+          error: "Not Found",
+          message: 'machine provisioning is not configured (no "machines" section)',
+        });
+      return reply.send(o.machines.status());
+    },
   );
 
   app.post<{ Body: { id: string; address: string } }>(

@@ -3,6 +3,7 @@
 // or malformed is a ConfigError naming the field, and nothing starts.
 import { isIP } from "node:net";
 import { ConfigError, parseProxyConfig, type ProxyConfig } from "../proxy/config.js";
+import { parseMachinesConfig, type MachinesConfig } from "./machines-config.js";
 
 export type LogLevel = ProxyConfig["logLevel"];
 const LOG_LEVELS: readonly LogLevel[] = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
@@ -38,6 +39,8 @@ export interface ApiConfig {
 export interface ServeConfig {
   proxy: ProxyConfig;
   api: ApiConfig;
+  /** Machines provisioned through libvirt, and the replica count kept (optional). */
+  machines?: MachinesConfig | undefined;
 }
 
 const API_FIELDS = [
@@ -149,10 +152,16 @@ export function parseApiConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): ApiCo
   };
 }
 
-/** The proxy's fields as `proxy --config` takes them, plus `api`. */
-export function parseServeConfig(raw: unknown, env: NodeJS.ProcessEnv = {}): ServeConfig {
+/** The proxy's fields as `proxy --config` takes them, plus `api` and `machines` (relative paths
+ * in it are relative to `baseDir`, the configuration file's directory). */
+export function parseServeConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, baseDir?: string): ServeConfig {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw))
     throw new ConfigError("config: expected a JSON object");
-  const { api, ...proxy } = raw as Record<string, unknown>;
-  return { proxy: parseProxyConfig(proxy), api: parseApiConfig(api, env) };
+  const { api, machines, ...proxyRaw } = raw as Record<string, unknown>;
+  const proxy = parseProxyConfig(proxyRaw);
+  return {
+    proxy,
+    api: parseApiConfig(api, env),
+    machines: machines === undefined ? undefined : parseMachinesConfig(machines, proxy.port, baseDir),
+  };
 }

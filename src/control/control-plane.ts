@@ -57,6 +57,7 @@ export const STREAM_EVENTS: readonly string[] = [
   "history",
   "switchover",
   "replica-draining",
+  "machine",
   ...FORWARDED_EVENTS,
 ];
 

@@ -15,6 +15,8 @@ import { EmbeddedRedis } from "./embedded-redis.js";
 import { EventHub } from "./events.js";
 import { Metrics } from "./metrics.js";
 import { StateStore, describe } from "./state.js";
+import { Provisioner } from "./provisioner.js";
+import { RedundancyKeeper } from "./redundancy.js";
 
 /** Starts the data plane for a configuration; returns it and how to stop it. */
 export type DataPlaneFactory = (
@@ -31,6 +33,8 @@ export interface Appliance {
   store: StateStore;
   embeddedRedis: EmbeddedRedis | undefined;
   app: ApiServer;
+  /** Machine provisioning and the replica count it keeps (when configured). */
+  machines: RedundancyKeeper | undefined;
   stop(): Promise<void>;
 }
 
@@ -126,6 +130,26 @@ export async function startAppliance(
     });
     cleanups.push(() => Promise.resolve(control.close()));
 
+    let machines: RedundancyKeeper | undefined;
+    if (cfg.machines) {
+      // Readiness of a new machine is asked from the data plane's side: it reaches the backends.
+      const provisioner = await Provisioner.open(
+        cfg.machines,
+        log.child({ component: "machines" }),
+        async (address, timeoutMs) => (await dataPlane.probe(address, timeoutMs)).alive === true,
+      );
+      cleanups.push(() => provisioner.close());
+      const keeper = new RedundancyKeeper({
+        provisioner,
+        control,
+        dataPlane,
+        hub,
+        log: log.child({ component: "redundancy" }),
+      });
+      machines = keeper;
+      cleanups.push(() => keeper.stop());
+    }
+
     let token = api.token;
     let tokenFile: string | undefined;
     if (token === undefined) {
@@ -145,6 +169,7 @@ export async function startAppliance(
       token,
       log: log.child({ component: "api" }),
       defaults: { drainTimeoutMs: api.drainTimeoutMs, switchoverWaitMs: api.switchoverWaitMs },
+      machines,
     });
     cleanups.push(async () => {
       // Open event streams end first: closing the server does not wait for them.
@@ -156,7 +181,9 @@ export async function startAppliance(
     const bound = app.server.address();
     const url = `http://${host}:${typeof bound === "object" && bound ? bound.port : api.port}`;
     log.info({ url, tokenFile }, "control API listening");
-    return { url, token, tokenFile, control, store, embeddedRedis: embedded, app, stop: stopAll };
+    // Provisioning starts once everything that reports on it is up.
+    machines?.start();
+    return { url, token, tokenFile, control, store, embeddedRedis: embedded, app, machines, stop: stopAll };
   } catch (e) {
     await stopAll();
     throw e;
