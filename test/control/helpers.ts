@@ -16,6 +16,7 @@ import { parseApiConfig, type ServeConfig } from "../../src/control/config.js";
 import { parseProxyConfig, type ProxyConfig } from "../../src/proxy/config.js";
 import { histogramExposition } from "../../src/control/metrics.js";
 import { startAppliance, type Appliance } from "../../src/control/serve.js";
+import type { MachinesConfig } from "../../src/control/machines-config.js";
 
 export const VIP = "10.9.0.100";
 export const PORT = 6379;
@@ -381,6 +382,7 @@ export async function startHarness(
     engine?: Partial<EngineConfig["failure"]>;
     api?: Record<string, unknown>;
     stopOnTeardown?: boolean;
+    machines?: MachinesConfig;
   } = {},
 ): Promise<Harness> {
   const proxy = proxyConfig(opts.replicas);
@@ -392,7 +394,7 @@ export async function startHarness(
     ...opts.api,
   });
   // Port 0 (any free port): below the range the configuration accepts from operators.
-  const cfg: ServeConfig = { proxy, api: { ...api, port: 0 } };
+  const cfg: ServeConfig = { proxy, api: { ...api, port: 0 }, machines: opts.machines };
   let dp: EngineDataPlane | undefined;
   const appliance = await startAppliance(cfg, quietLog, async (pc) => {
     dp = new EngineDataPlane(pc, opts.engine);
