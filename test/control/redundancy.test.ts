@@ -10,6 +10,9 @@ import { run } from "../../src/sys/command.js";
 import { HypervisorConnection } from "../../src/control/hypervisor.js";
 import { parseMachinesConfig, type MachinesConfig } from "../../src/control/machines-config.js";
 import { Provisioner } from "../../src/control/provisioner.js";
+import type { RedundancyKeeper } from "../../src/control/redundancy.js";
+
+type MachinesView = ReturnType<RedundancyKeeper["status"]>;
 import { ClientConnection, ORIGINAL, quietLog, startHarness, tempDir, type Harness } from "./helpers.js";
 
 const KVM = fileURLToPath(new URL("../../../vm-images/templates/kvm.xml", import.meta.url));
@@ -114,13 +117,13 @@ t.test("replicas are forked from the original at start, then kept after a failov
   // Redundancy: the dead original is destroyed, a replacement forked from the new original.
   await until("two replicas again", () => replicaIds(h).length === 2);
   await keeper.settled();
-  const after = (await h.call("GET", "/v1/machines")).body;
+  const after = (await h.call("GET", "/v1/machines")).body as MachinesView;
   t.notOk(
-    after.machines.some((m: { name: string }) => m.name === original.name),
+    after.machines.some((m) => m.name === original.name),
     "the failed original's machine is gone (epilog)",
   );
   t.equal(await conn.state(original.name), undefined);
-  const fresh = after.machines.find((m: { name: string }) => m.name === `${service}-4`);
+  const fresh = after.machines.find((m) => m.name === `${service}-4`)!;
   t.match(fresh, { role: "replica", forkedFrom: roles.original.id, address: "10.9.1.22" });
   t.not(fresh.address, ORIGINAL, "never the fenced former original's address");
   t.equal(after.counters.provisioned, 3);
@@ -136,7 +139,7 @@ t.test("replicas are forked from the original at start, then kept after a failov
   await keeper.settled();
   t.equal(await conn.state(victim), undefined, "its machine destroyed");
   t.equal(h.appliance.control.roles().original.address !== ORIGINAL, true, "no failover for a replica");
-  t.equal((await h.call("GET", "/v1/machines")).body.counters.failovers, 1);
+  t.equal(((await h.call("GET", "/v1/machines")).body as MachinesView).counters.failovers, 1);
 });
 
 t.test("without a machine to fork from, the keeper says so and retries", async (t) => {
@@ -145,12 +148,12 @@ t.test("without a machine to fork from, the keeper says so and retries", async (
   // No original machine: the harness's original is an address the provisioner never made.
   const h = await startHarness(t, dir, { replicas: {}, machines: cfg });
   await until("a failed reconciliation", () => (h.appliance.machines?.counters.failures ?? 0) > 0);
-  const v = (await h.call("GET", "/v1/machines")).body;
+  const v = (await h.call("GET", "/v1/machines")).body as MachinesView;
   t.match(v.lastError, /is not a machine of service .*: no fork source/);
   t.same(v.machines, []);
   t.same(replicaIds(h), []);
   const none = await startHarness(t, await tempDir(t, "nomach"), { replicas: {} });
   const r = await none.call("GET", "/v1/machines");
   t.equal(r.status, 404);
-  t.match(r.body.message, /not configured/);
+  t.match((r.body as { message: string }).message, /not configured/);
 });
