@@ -2,7 +2,8 @@
 // The `tcp-replicator` command. Usage errors exit 2 with a message and change nothing; runtime
 // failures exit 1. Machine-readable results (lab up/down/kill/list) go to stdout as JSON, logs to
 // stderr, so scripts can parse stdout directly.
-import { parseArgs, type ParseArgsConfig } from "node:util";
+import { UsageError, parse, print, readConfigFile } from "./args.js";
+import { VM_USAGE, vmCommand } from "./vm.js";
 import { labDown, labExec, labKill, labUp, listLabs, readState, validateFaultMode } from "../lab/lab.js";
 import {
   LabUsageError,
@@ -26,8 +27,6 @@ import { parseServeConfig } from "../control/config.js";
 import { ProxyDataPlane } from "../control/proxy-data-plane.js";
 import { startAppliance } from "../control/serve.js";
 
-export class UsageError extends Error {}
-
 const USAGE = `usage:
   tcp-replicator lab up [--name NAME] [--replicas N] [--service echo|redis|http] [--manual-failover] [--no-api]
                         # the appliance runs \`serve\`: "api" (dashboard, REST) and "token" in the JSON
@@ -46,24 +45,7 @@ const USAGE = `usage:
   tcp-replicator serve --config FILE          # the appliance with its control API (proxy config + "api")
   tcp-replicator blast --host HOST --port PORT [--connections N] [--bytes PER_CONNECTION] [--rate-mbps MB/s]
   tcp-replicator ping --host HOST --port PORT [--count N] [--size BYTES] [--interval-ms MS] [--timeout-ms MS]
-`;
-
-function parse<T extends NonNullable<ParseArgsConfig["options"]>>(
-  args: string[],
-  options: T,
-  positionals = 0,
-) {
-  let parsed;
-  try {
-    parsed = parseArgs({ args, options, strict: true, allowPositionals: positionals > 0 });
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
-  if (parsed.positionals.length > positionals) {
-    throw new UsageError(`unexpected argument ${JSON.stringify(parsed.positionals[positionals])}`);
-  }
-  return parsed;
-}
+${VM_USAGE}`;
 
 function requireRoot(): void {
   if (process.getuid?.() !== 0) throw new UsageError("the lab needs root (network namespaces, nftables)");
@@ -72,10 +54,6 @@ function requireRoot(): void {
 function requireName(name: string | undefined): string {
   if (name === undefined) throw new UsageError("--name NAME is required");
   return validateLabName(name);
-}
-
-function print(obj: unknown): void {
-  process.stdout.write(JSON.stringify(obj) + "\n");
 }
 
 async function labCommand(sub: string | undefined, rest: string[]): Promise<number> {
@@ -266,24 +244,14 @@ async function proxyCommand(rest: string[]): Promise<number> {
   return 0;
 }
 
-async function readConfigFile(path: string): Promise<unknown> {
-  let text: string;
-  try {
-    text = await readFile(path, "utf8");
-  } catch (e) {
-    throw new UsageError(`cannot read config ${path}: ${(e as Error).message}`);
-  }
-  try {
-    return JSON.parse(text) as unknown;
-  } catch (e) {
-    throw new UsageError(`config ${path} is not valid JSON: ${(e as Error).message}`);
-  }
-}
-
 async function serveCommand(rest: string[]): Promise<number> {
   const { values } = parse(rest, { config: { type: "string" } });
   if (values.config === undefined) throw new UsageError("serve: --config FILE is required");
-  const config = parseServeConfig(await readConfigFile(values.config), process.env, dirname(resolve(values.config)));
+  const config = parseServeConfig(
+    await readConfigFile(values.config),
+    process.env,
+    dirname(resolve(values.config)),
+  );
   requireRoot();
   const log = pino({ level: config.api.logLevel, base: { pid: process.pid } }, pino.destination(2));
   // Caught from here on: a signal during start-up stops what started instead of killing it.
@@ -357,6 +325,8 @@ export async function main(argv: string[]): Promise<number> {
         return await labCommand(sub, rest);
       case "proxy":
         return await proxyCommand(sub === undefined ? [] : [sub, ...rest]);
+      case "vm":
+        return await vmCommand(sub, rest);
       case "serve":
         return await serveCommand(sub === undefined ? [] : [sub, ...rest]);
       case "blast":
