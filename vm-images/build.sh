@@ -149,7 +149,7 @@ ip link set "$dev" up
 # with the boots recorded so far.
 echo "$(date -u +%FT%TZ) $name $ip" >>/var/log/boots
 sync
-nc -ll -p "$port" -e /bin/cat &
+nc -ll -p "$port" -e /bin/cat 2>/dev/null &
 for i in $(seq 1 200); do
   netstat -ltn 2>/dev/null | grep -q ":$port " && break
   sleep 0.05

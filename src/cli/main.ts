@@ -4,6 +4,7 @@
 // stderr, so scripts can parse stdout directly.
 import { UsageError, parse, print, readConfigFile } from "./args.js";
 import { VM_USAGE, vmCommand } from "./vm.js";
+import { validateUri } from "../control/hypervisor.js";
 import { labDown, labExec, labKill, labUp, listLabs, readState, validateFaultMode } from "../lab/lab.js";
 import {
   LabUsageError,
@@ -33,6 +34,9 @@ const USAGE = `usage:
                         [--wan-replicas N [--wan-delay-ms D] [--wan-jitter-ms J] [--wan-jitter-dist uniform|normal]
                          [--wan-loss-pct L] [--wan-queue-packets N] [--wan-queue-bytes B]]
                         # the last N replicas behind a delay line: +D ms each way (default 11)
+                        [--vm [--vm-uri URI] [--vm-image DIR]]
+                        # original and replicas are QEMU machines (libvirt, default qemu:///system)
+                        # running the VM image's echo; the appliance forks and keeps the replicas
   tcp-replicator lab down --name NAME
   tcp-replicator lab exec --name NAME ROLE -- CMD [ARG...]
   tcp-replicator lab kill --name NAME TARGET --mode process|freeze|link|host
@@ -72,6 +76,9 @@ async function labCommand(sub: string | undefined, rest: string[]): Promise<numb
         "wan-loss-pct": { type: "string" },
         "wan-queue-packets": { type: "string" },
         "wan-queue-bytes": { type: "string" },
+        vm: { type: "boolean", default: false },
+        "vm-uri": { type: "string" },
+        "vm-image": { type: "string" },
       });
       // Validate everything before touching the system.
       const name = validateLabName(values.name);
@@ -98,6 +105,15 @@ async function labCommand(sub: string | undefined, rest: string[]): Promise<numb
         replicas: wanChecked.replicas,
         ...wanChecked.params,
       };
+      if (!values.vm && (values["vm-uri"] !== undefined || values["vm-image"] !== undefined))
+        throw new UsageError("--vm-uri and --vm-image go with --vm");
+      if (values["vm-uri"] !== undefined) {
+        try {
+          validateUri(values["vm-uri"]);
+        } catch (e) {
+          throw new UsageError((e as Error).message);
+        }
+      }
       requireRoot();
       const state = await labUp({
         name,
@@ -106,6 +122,14 @@ async function labCommand(sub: string | undefined, rest: string[]): Promise<numb
         autoFailover: !values["manual-failover"],
         api: !values["no-api"],
         ...(wan ? { wan } : {}),
+        ...(values.vm
+          ? {
+              vm: {
+                ...(values["vm-uri"] !== undefined ? { uri: values["vm-uri"] } : {}),
+                ...(values["vm-image"] !== undefined ? { image: resolve(values["vm-image"]) } : {}),
+              },
+            }
+          : {}),
       });
       print({
         ...labSummary(state.topology),

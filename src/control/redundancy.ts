@@ -14,7 +14,7 @@ import type { ControlPlane } from "./control-plane.js";
 import type { DataPlane } from "./data-plane.js";
 import type { EventHub } from "./events.js";
 import { STOPPED_STATES, type DomainState } from "./hypervisor.js";
-import { MachineWatch, type StateChange } from "./machine-watch.js";
+import { MachineWatch, localQemuStates, type StateChange } from "./machine-watch.js";
 import type { Machine, Phase, Provisioner } from "./provisioner.js";
 
 export interface RedundancyOptions {
@@ -175,9 +175,11 @@ export class RedundancyKeeper {
     const names = new Set(this.machines.map((m) => m.name));
     for (const n of this.watch.names()) if (!names.has(n)) this.watch.unwatch(n);
     const watched = new Set(this.watch.names());
-    for (const m of this.machines)
-      if (!watched.has(m.name))
-        this.watch.watch(m.name, m.host, this.o.provisioner.connection(m.host), m.state);
+    for (const m of this.machines) {
+      if (watched.has(m.name)) continue;
+      const conn = this.o.provisioner.connection(m.host);
+      this.watch.watch(m.name, m.host, m.host === "qemu:///system" ? localQemuStates(conn) : conn, m.state);
+    }
   }
 
   private async reconcile(): Promise<void> {

@@ -28,6 +28,16 @@ import {
   waitUntilDead,
 } from "../sys/process.js";
 import { installKernelPath } from "../proxy/nft.js";
+import {
+  buildVmBridge,
+  destroyVmMachines,
+  provisionVmOriginal,
+  removeVmBridge,
+  vmKill,
+  vmMachinesRaw,
+  vmSite,
+  type VmOptions,
+} from "./vm-site.js";
 import type { FailureTuning } from "../proxy/config.js";
 import { spawnInNamespace, startService, type RunningService } from "./services.js";
 import { queryStats } from "../proxy/stats-client.js";
@@ -68,6 +78,8 @@ export interface LabState {
   api?: { url: string; token: string };
   /** The WAN router's delay line (only with remote replicas). */
   delayLine?: DelayLineProcess;
+  /** Virtual-machine backends: the machine the lab provisioned as the first original. */
+  machines?: { original: string };
   createdAt: string;
 }
 
@@ -500,6 +512,21 @@ const HEALTH_CHECKS: Record<LabTopology["service"], { send: string; expect: stri
  * also the floor of the original's probe deadline: detection of a failed original slows by as
  * much in such a lab (set `failure.probeTimeoutMs` to choose otherwise).
  */
+/**
+ * Machines under QEMU's software emulation (TCG) on a busy 2-core host answer in 0.3-0.7 ms
+ * typically but 16 ms at p99 and up to 60 ms (measured: 200 echo round trips through the VIP),
+ * so the namespace lab's millisecond thresholds fail healthy originals over. A VM lab relies on
+ * the hypervisor's signal (a stopped machine, seen within one 20 ms poll) for fast failover and
+ * keeps the data-path thresholds above the emulation's tail. KVM or Xen guests do not need this.
+ */
+export const VM_FAILURE_TUNING: Partial<FailureTuning> = {
+  stallSuspectMs: 150,
+  probeTimeoutMs: 300,
+  replyStallMs: 2000,
+  ackStallMs: 2000,
+  probeIntervalMs: 1000,
+};
+
 export function wanProbeTuning(p: WanParams | undefined): Partial<FailureTuning> {
   if (!p) return {};
   const jitter = p.jitterDistribution === "normal" ? 4 * p.jitterMs : p.jitterMs;
@@ -536,10 +563,21 @@ async function startProxy(
         ...(opts.healthCheck
           ? { healthCheck: { ...HEALTH_CHECKS[t.service], timeoutMs: opts.healthCheck.timeoutMs } }
           : {}),
-        ...(opts.failure || t.wan ? { failure: { ...wanProbeTuning(t.wan?.params), ...opts.failure } } : {}),
+        ...(opts.failure || t.wan || t.vm
+          ? {
+              failure: {
+                ...wanProbeTuning(t.wan?.params),
+                ...(t.vm ? VM_FAILURE_TUNING : {}),
+                ...opts.failure,
+              },
+            }
+          : {}),
         // The lab's largest file is 64 MiB: hold enough to verify every byte of it even when the
         // kernel path serves the client far faster than the replicas answer the engine.
         limits: { perConnectionBytes: 128 * 2 ** 20, perReplicaBytes: 2 ** 30, globalBytes: 2 * 2 ** 30 },
+        // Virtual-machine backends: the appliance forks its replicas from the original machine
+        // and keeps their number (src/control/redundancy.ts).
+        ...(t.vm ? { machines: vmMachinesRaw(t, "probe") } : {}),
         // `serve`: the same data plane with its control API on the management link, its state
         // in its own embedded Redis in the lab directory (gone with the lab).
         ...(api
@@ -611,6 +649,9 @@ export interface LabUpOptions {
   /** The last `wan.replicas` replicas are remote: behind a delay line adding `delayMs` (one way,
    * each direction), jitter and loss. Without it (or with 0) the lab is LAN only. */
   wan?: WanOptions;
+  /** The original and the replicas are virtual machines (QEMU through libvirt) running the VM
+   * image's echo service; the appliance runs `serve` and forks the replicas from the original. */
+  vm?: VmOptions;
 }
 
 export async function labUp(opts: LabUpOptions): Promise<LabState> {
@@ -618,6 +659,12 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
   const replicas = validateReplicaCount(opts.replicas);
   const service = validateService(opts.service);
   validateWanOptions(opts.wan, replicas);
+  if (opts.vm) {
+    if (service !== "echo") throw new LabUsageError("virtual-machine backends run the echo service only");
+    if (opts.wan && opts.wan.replicas > 0)
+      throw new LabUsageError("virtual-machine backends have no WAN replicas");
+    if (replicas < 1) throw new LabUsageError("virtual-machine backends need at least 1 replica");
+  }
 
   const leftovers = (await listNamespaces()).filter((ns) => isLabNamespace(name, ns));
   if (leftovers.length > 0) {
@@ -639,7 +686,11 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
   }
   try {
     const slot = await allocateSlot(name);
-    const topology = buildTopology(name, slot, replicas, service, opts.wan);
+    const topology = buildTopology(name, slot, opts.vm ? 0 : replicas, service, opts.wan);
+    if (opts.vm) {
+      const backendBase = topology.backendSubnet.replace(/\.0\/24$/, "");
+      topology.vm = vmSite(name, slot, replicas, backendBase, join(labDir(name), "machines"), opts.vm);
+    }
     const state: LabState = {
       version: 1,
       topology,
@@ -648,8 +699,9 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
       createdAt: new Date().toISOString(),
     };
     await saveState(state);
-    const withApi = opts.api === true && (replicas > 0 || opts.proxy === true);
+    const withApi = topology.vm !== undefined || (opts.api === true && (replicas > 0 || opts.proxy === true));
     await buildNetwork(topology, withApi);
+    if (topology.vm) await buildVmBridge(topology);
     if (topology.wan) {
       state.delayLine = await startDelayLine(topology);
       await saveState(state);
@@ -667,7 +719,9 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
       state.services[b.role] = { pid: s.pid, dir: s.dir };
     });
     await saveState(state);
-    if (replicas === 0 && !opts.proxy) {
+    if (topology.vm)
+      state.machines = { original: (await provisionVmOriginal(topology, opts.vm?.bootTimeoutMs)).name };
+    if (replicas === 0 && !opts.proxy && !topology.vm) {
       await installKernelPath(topology.appliance.namespace, {
         vip: topology.appliance.vip,
         port: topology.port,
@@ -677,6 +731,8 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
     } else {
       Object.assign(state, await startProxy(topology, { ...opts, api: withApi }));
       await saveState(state);
+      if (topology.vm && state.api)
+        await waitReplicas(state.api, replicas, opts.vm?.bootTimeoutMs ?? 120_000);
     }
     return state;
   } catch (e) {
@@ -717,6 +773,12 @@ export async function labDown(nameArg: string): Promise<LabDownReport> {
       mgmt.iface,
     ]);
     if (peer.code === 0) await runStatus(["ip", "link", "del", mgmt.hostIface]);
+  }
+  // Machines after the appliance is gone (it would replace them), before their bridge.
+  const vm = state?.topology.vm;
+  if (vm) {
+    await destroyVmMachines(vm.uri, vm.service, vm.diskDir);
+    await removeVmBridge(vm);
   }
   for (const ns of targets) {
     const r = await runStatus(["ip", "netns", "del", ns]);
@@ -762,6 +824,7 @@ const preciseNow = () => performance.timeOrigin + performance.now();
 export async function labKill(nameArg: string, target: string, modeArg: string): Promise<FaultReport> {
   const mode = validateFaultMode(modeArg);
   const state = await loadState(nameArg);
+  if (state.topology.vm) return killMachine(state, target, mode);
   const backend = backendForTarget(state.topology, target);
   const service = state.services[backend.role];
   let pids: number[] = [];
@@ -801,6 +864,48 @@ export async function labKill(nameArg: string, target: string, modeArg: string):
   state.faults.push({ target, mode, at: new Date().toISOString() });
   await saveState(state);
   return { target, mode, pids, injectedAt };
+}
+
+/** `lab kill` on a virtual-machine lab: TARGET is "original" (the current one) or a machine name. */
+async function killMachine(state: LabState, target: string, mode: FaultMode): Promise<FaultReport> {
+  const vm = state.topology.vm!;
+  let machine = target;
+  if (target === "original") {
+    if (!state.api) throw new Error("the lab's appliance API is not known");
+    const status = (await apiGet(state.api, "/v1/machines")) as {
+      machines: Array<{ name: string; role: string }>;
+    };
+    const m = status.machines.find((x) => x.role === "original");
+    if (!m) throw new Error("no machine is the original now");
+    machine = m.name;
+  }
+  const injectedAt = await vmKill(vm, machine, mode);
+  state.faults.push({ target: machine, mode, at: new Date().toISOString() });
+  await saveState(state);
+  return { target: machine, mode, pids: [], injectedAt };
+}
+
+async function apiGet(api: { url: string }, path: string): Promise<unknown> {
+  const r = await fetch(`${api.url}${path}`, { signal: AbortSignal.timeout(5000) });
+  if (r.status !== 200) throw new Error(`GET ${path}: ${r.status}`);
+  return r.json();
+}
+
+/** Waits until the appliance has `n` active replicas (a VM lab's forks booted and joined). */
+async function waitReplicas(api: { url: string }, n: number, bootTimeoutMs: number): Promise<void> {
+  const deadline = Date.now() + bootTimeoutMs * n + 30_000;
+  let last: unknown;
+  for (;;) {
+    const s = (await apiGet(api, "/v1/status").catch(() => undefined)) as
+      { replicas: Array<{ state: string }> } | undefined;
+    if (s && s.replicas.filter((r) => r.state === "active").length >= n) return;
+    last = await apiGet(api, "/v1/machines").catch((e: Error) => e.message);
+    if (Date.now() > deadline)
+      throw new Error(
+        `the appliance did not bring up ${n} replica machines in time: ${JSON.stringify(last)}`,
+      );
+    await new Promise((r) => setTimeout(r, 200));
+  }
 }
 
 /** One TUN lane's counters as the delay line reports them (native/delay-line.c). */

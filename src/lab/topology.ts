@@ -125,6 +125,34 @@ export interface WanRouter {
   params: WanParams;
 }
 
+/**
+ * Backends as virtual machines (QEMU through libvirt) instead of namespaces: the original and its
+ * replicas are machines the appliance's control plane provisions (`src/control/provisioner.ts`),
+ * on a bridge in the root namespace (where libvirtd attaches their taps) joined to the lab LAN.
+ *
+ *   appliance ──be0── [lan: br0] ──p-vm── trvpK ── [root: trvK] ── VM original, VM replicas
+ */
+export interface VmSite {
+  /** libvirt URI of the host the machines run on. */
+  uri: string;
+  /** libvirt domain type: qemu (TCG, no KVM needed) or kvm. */
+  domainType: "qemu" | "kvm";
+  /** The machines' bridge in the root namespace, and the LAN link's two ends. */
+  bridge: string;
+  hostPort: string;
+  lanPort: "p-vm";
+  /** The machines' service name (their metadata), so `down` finds them even after a crash. */
+  service: string;
+  /** Replicas the appliance keeps (forked from the original). */
+  replicas: number;
+  /** The VM image directory (npm run vm-image). */
+  image: string;
+  /** Where the machines' disks and consoles live. */
+  diskDir: string;
+  /** Addresses of replicas: .20 onwards (the original is .10). */
+  replicaAddresses: string;
+}
+
 export interface LabTopology {
   name: string;
   slot: number;
@@ -153,6 +181,8 @@ export interface LabTopology {
   replicas: BackendHost[];
   /** Present when some replicas are remote. */
   wan?: WanRouter;
+  /** Present when the backends are virtual machines. */
+  vm?: VmSite;
 }
 
 function subnetBase(slot: number): { client: string; backend: string } {
@@ -310,8 +340,9 @@ export function buildTopology(
   };
 }
 
+/** The backends that are namespaces (none when they are virtual machines). */
 export function backends(topo: LabTopology): BackendHost[] {
-  return [topo.original, ...topo.replicas];
+  return topo.vm ? [] : [topo.original, ...topo.replicas];
 }
 
 export function allNamespaces(topo: LabTopology): string[] {
@@ -366,7 +397,8 @@ export function labSummary(topo: LabTopology): {
     client: string;
     appliance: string;
     lan: string;
-    original: string;
+    /** Absent when the original is a virtual machine. */
+    original?: string;
     replicas: string[];
     wan?: string;
   };
@@ -380,6 +412,7 @@ export function labSummary(topo: LabTopology): {
   };
   port: number;
   wan?: WanParams & { replicas: string[]; router: string; remoteSubnet: string };
+  machines?: { uri: string; service: string; bridge: string; replicas: number };
 } {
   const wan = topo.wan;
   return {
@@ -389,7 +422,7 @@ export function labSummary(topo: LabTopology): {
       client: topo.client.namespace,
       appliance: topo.appliance.namespace,
       lan: topo.lan.namespace,
-      original: topo.original.namespace,
+      ...(topo.vm ? {} : { original: topo.original.namespace }),
       replicas: topo.replicas.map((r) => r.namespace),
       ...(wan ? { wan: wan.namespace } : {}),
     },
@@ -402,6 +435,16 @@ export function labSummary(topo: LabTopology): {
       replication: topo.appliance.replicationAddress,
     },
     port: topo.port,
+    ...(topo.vm
+      ? {
+          machines: {
+            uri: topo.vm.uri,
+            service: topo.vm.service,
+            bridge: topo.vm.bridge,
+            replicas: topo.vm.replicas,
+          },
+        }
+      : {}),
     ...(wan
       ? {
           wan: {
