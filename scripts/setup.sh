@@ -10,6 +10,8 @@ APT_PACKAGES=(
   libpcap-dev tcpdump build-essential python3
   redis-server redis-tools apache2
   haproxy wrk jq chromium
+  libvirt-dev libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils
+  libxml2-utils kmod cpio tini
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -45,3 +47,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 
 npm run --silent build >&2
+
+# The VM backends: libvirtd answering on qemu:///system, and the VM image (kernel, initramfs and
+# root disk from Debian packages; skipped when up to date).
+bash scripts/libvirtd.sh >&2
+bash vm-images/build.sh vm-images/build >&2

@@ -186,16 +186,22 @@ export class RedundancyKeeper {
     this.counters.reconciles++;
     const { provisioner, control, dataPlane } = this.o;
     await this.refresh();
-    // Epilog: machines that can never serve this appliance again.
+    // Epilog: machines that do not serve this appliance and never will again: stopped ones,
+    // fenced former originals, and running ones outside the replica set (a replica the data
+    // plane found dead and removed; its machine may still run, answering nothing).
     const fenced = dataPlane.fenced();
     for (const m of this.machines) {
-      const original = control.roles().original.address;
-      if (m.address === original) continue;
+      const roles = control.roles();
+      if (m.address === roles.original.address) continue;
       const dead = !RUNNING.has(m.state);
-      if (!dead && !fenced.includes(m.address)) continue;
-      if (control.roles().replicas.some((r) => r.id === m.name))
-        await control.removeReplica(m.name, 0).catch(() => undefined);
-      const why = dead ? `it is ${m.state}` : "it is a fenced former original";
+      const member = roles.replicas.some((r) => r.id === m.name);
+      if (!dead && !fenced.includes(m.address) && member) continue;
+      if (member) await control.removeReplica(m.name, 0).catch(() => undefined);
+      const why = dead
+        ? `it is ${m.state}`
+        : fenced.includes(m.address)
+          ? "it is a fenced former original"
+          : "it is not in the replica set (removed as failed)";
       this.o.log.info({ machine: m.name, why }, "redundancy: destroying a machine");
       await provisioner.destroy(m.name);
       this.counters.destroyed++;
