@@ -4,7 +4,10 @@
 // interleaved.
 //
 //   node dist/bench/failover.js [--trials 30] [--modes process,freeze,link,host] [--replicas 1,2,3]
-//                               [--service redis|echo]
+//                               [--service redis|echo] [--vm]
+//
+// --vm: the backends are QEMU machines through libvirt (`lab up --vm`, echo only): process kills
+// the original's QEMU, host destroys it through libvirt, freeze pauses it, link downs its tap.
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
@@ -42,10 +45,16 @@ async function proxyAccount(log: string) {
 
 type Service = "redis" | "echo";
 
-async function trial(mode: FaultMode, replicas: number, index: number, service: Service): Promise<Trial> {
+async function trial(
+  mode: FaultMode,
+  replicas: number,
+  index: number,
+  service: Service,
+  vm: boolean,
+): Promise<Trial> {
   const name = `fo${process.pid.toString(36)}${index}`;
   try {
-    const lab = await labUp({ name, replicas, service });
+    const lab = await labUp({ name, replicas, service, ...(vm ? { vm: {} } : {}) });
     const t = lab.topology;
     const client = runStatus(
       [
@@ -97,10 +106,12 @@ async function main(): Promise<void> {
       replicas: { type: "string", default: "1,2,3" },
       out: { type: "string", default: "bench/results" },
       service: { type: "string", default: "redis" },
+      vm: { type: "boolean", default: false },
     },
   });
   const trials = Number(values.trials);
-  const service = values.service as Service;
+  const vm = values.vm;
+  const service = (vm ? "echo" : values.service) as Service;
   if (service !== "redis" && service !== "echo") throw new Error("--service: redis or echo");
   const modes = values.modes.split(",") as FaultMode[];
   const counts = values.replicas.split(",").map(Number);
@@ -113,7 +124,7 @@ async function main(): Promise<void> {
       for (const n of counts) {
         const key = `${mode}/${n}`;
         try {
-          const r = await trial(mode, n, index++, service);
+          const r = await trial(mode, n, index++, service, vm);
           samples.set(key, [...(samples.get(key) ?? []), r.stallMs]);
           details.set(key, [...(details.get(key) ?? []), r]);
           process.stderr.write(
@@ -150,12 +161,20 @@ async function main(): Promise<void> {
     }
   }
   const m = machine();
-  const command = `node dist/bench/failover.js --trials ${trials} --modes ${modes.join(",")} --replicas ${counts.join(",")} --service ${service}`;
+  const command = `node dist/bench/failover.js --trials ${trials} --modes ${modes.join(",")} --replicas ${counts.join(",")} --service ${service}${vm ? " --vm" : ""}`;
   const date = new Date().toISOString();
   const md = [
-    `# Failover stall (${date})`,
+    `# Failover stall${vm ? ", QEMU (TCG) machines through libvirt" : ""} (${date})`,
     "",
     machineLine(m),
+    ...(vm
+      ? [
+          "Backends: QEMU machines under software emulation (no KVM here), original and replicas forked from it;",
+          "data-path thresholds raised for TCG (VM_FAILURE_TUNING); the hypervisor's word (machine stopped) is the",
+          "fast signal. Modes: process = the original's QEMU killed, host = libvirt destroy, freeze = libvirt",
+          "suspend, link = its tap down.",
+        ]
+      : []),
     `Command: \`${command}\`. Stall = failure injection (\`lab kill original --mode M\`) → the first answer the`,
     "client receives after the promotion, i.e. the first byte from the new original (ping-pong through the VIP,",
     `one request in flight: ${service === "redis" ? "redis PING" : "64 B echo"}). Detection included. Gap = that answer minus the one before it (or`,
