@@ -38,7 +38,10 @@ async function proxyAccount(log: string) {
   const events = lines.map(
     (l) => JSON.parse(l) as { time: number; msg: string; reason?: string; at?: number },
   );
-  const failure = events.find((e) => e.msg === "original-failure");
+  // The data path's own detection, or an external signal (the hypervisor's, with machines).
+  const failure =
+    events.find((e) => e.msg === "original-failure") ??
+    events.find((e) => e.msg === "external failure signal: promoting");
   const promoted = events.find((e) => e.msg === "promoted");
   return { reason: failure?.reason ?? "(none logged)", detectedAt: failure?.time, promotedAt: promoted?.at };
 }
