@@ -1592,18 +1592,10 @@ t.test("without the tolerance a Date a second later is a divergence", async (t) 
 
 t.test("a planned pause of the original (a fork) is no failure; a real one after it still is", async (t) => {
   const setup = () => {
-    const cfg = config();
-    cfg.failure.autoFailover = true;
-    cfg.failure.probes = true;
-    const sc = new Scenario(cfg, [R1]);
-    sc.open();
-    sc.replicaSynAck(R1, 1);
-    sc.client("INCR k\r\n");
-    sc.original(":1\r\n");
-    sc.replica(R1, 0, ":1\r\n", 8);
+    const sc = probing([R1]);
     sc.engine.holdOriginal(500, sc.now);
-    sc.client("INCR k\r\n", 4);
-    sc.replica(R1, 4, ":2\r\n", 16); // the paused original answers nothing
+    sc.client("INCR k\r\n", 1);
+    sc.replica(R1, 1, ":2\r\n", 9); // the paused original answers nothing
     return sc;
   };
   const paused = setup();
