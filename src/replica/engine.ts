@@ -217,6 +217,8 @@ interface PendingProbe {
   timeoutMs: number;
   /** Asked without evidence: an evidence-based probe does not wait for it. */
   periodic: boolean;
+  /** Already the second, patient try after silence: its silence is a verdict. */
+  patient: boolean;
   sentAt: number;
   reason: string;
 }
@@ -798,7 +800,7 @@ export class ReplicationEngine {
     }
     this.lastProbeAt.set(target, now);
     const id = this.nextProbeId++;
-    this.probes.set(id, { target, sentAt: now, reason, periodic, timeoutMs });
+    this.probes.set(id, { target, sentAt: now, reason, periodic, patient, timeoutMs });
     this.probeCounters.sent++;
     // `periodic` tells the edge to be patient with the health check (4 × its timeout).
     this.out.push({
@@ -841,39 +843,28 @@ export class ReplicationEngine {
       if (this.election) this.runElection(now);
       return;
     }
-    if (p.periodic && !REFUSALS.has(why)) {
-      // No evidence and only silence: one lost SYN (a busy kernel) must not remove a backend.
-      // Asked again at once; that answer decides. A replica gets a patient deadline: without
-      // evidence nothing is urgent, and a stall of the appliance longer than one deadline (a
-      // loaded machine, a WAN replica whose deadline is its round trip plus 10 ms) would
-      // otherwise cost a healthy replica, which is not re-admitted by itself.
+    const candidate = this.replicas.get(p.target);
+    const isOriginal = p.target === "original";
+    if (!REFUSALS.has(why) && !p.patient && (p.periodic || !isOriginal)) {
+      // Only silence, and the first try: one lost SYN or SYN-ACK (a lossy link, a busy kernel)
+      // must not remove a backend. Asked again at once; that answer decides. Only the original
+      // with evidence against it is urgent (its clients stall); a replica's removal is not, and
+      // a removed replica is not re-admitted by itself, so a replica gets a patient deadline that
+      // covers one SYN retransmission (and a stall of the appliance longer than one deadline: a
+      // loaded machine, a WAN replica whose deadline is its round trip plus 10 ms).
       this.probeCounters.unknown++;
-      const isOriginal = p.target === "original";
-      const address = isOriginal ? this.original : this.replicas.get(p.target)?.info.address;
+      const address = isOriginal ? this.original : candidate?.info.address;
       const timeoutMs = isOriginal
         ? p.timeoutMs
         : Math.max(PATIENT_REPLICA_PROBE_FACTOR * p.timeoutMs, PATIENT_REPLICA_PROBE_MIN_MS);
+      if (candidate && p.reason.endsWith(CANDIDATE)) {
+        // A candidate silent within the election's short deadline is not promoted (a silently
+        // dying replica must never be): it is passed over at once (the next best is asked).
+        this.passedOver.add(p.target);
+      }
       if (address !== undefined)
         this.requestProbe(p.target, address, `${p.reason} unanswered`, now, timeoutMs, true);
-      return;
-    }
-    const candidate = this.replicas.get(p.target);
-    if (candidate && p.reason.endsWith(CANDIDATE) && !REFUSALS.has(why)) {
-      // A candidate silent within the election's short deadline is not promoted (a silently
-      // dying replica must never be), but one slow answer on a loaded machine must not cost a
-      // replica either: it is passed over at once (the next best is asked) and asked again with
-      // a patient deadline; that answer decides whether it is removed.
-      this.probeCounters.unknown++;
-      this.passedOver.add(p.target);
-      this.requestProbe(
-        p.target,
-        candidate.info.address,
-        `${p.reason} unanswered`,
-        now,
-        4 * p.timeoutMs,
-        true,
-      );
-      if (this.election) this.runElection(now);
+      if (candidate && p.reason.endsWith(CANDIDATE) && this.election) this.runElection(now);
       return;
     }
     this.probeCounters.dead++;

@@ -64,8 +64,18 @@ t.test("a replica link losing 5% of its packets still ends identical", async (t)
   const stats = await waitReplicationIdle(state.proxy!.statsSocket);
   const d = await digests(topo);
   t.same(d, [d[0], d[0], d[0]], `identical digests ${d.join(" ")}`);
-  const lossy = stats.engine.replicas.find((r) => r.id === "replica1")!;
-  const clean = stats.engine.replicas.find((r) => r.id === "replica2")!;
+  // Probes of the lossy replica lose their SYN now and then: asked again, never a removal.
+  t.equal(
+    stats.engine.failures.replicasFailed,
+    0,
+    `no replica removed (probes ${JSON.stringify(stats.engine.failures.probes)})`,
+  );
+  const lossy = stats.engine.replicas.find((r) => r.id === "replica1");
+  const clean = stats.engine.replicas.find((r) => r.id === "replica2");
+  if (!lossy || !clean) {
+    t.fail(`both replicas still replicated: ${stats.engine.replicas.map((r) => r.id).join(", ")}`);
+    return;
+  }
   t.ok(
     lossy.retransmits > clean.retransmits,
     `the engine retransmitted to the lossy replica (${lossy.retransmits} vs ${clean.retransmits})`,

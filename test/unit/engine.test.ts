@@ -1149,7 +1149,11 @@ t.test(
     sc.drain();
     t.equal(sc.engine.stats().failures.promotions, 0, "a silent candidate is not promoted");
     const again = sc.probes.find((p) => p.target === "r1" && p.id !== asked.id)!;
-    t.match(again, { reason: /unanswered$/, timeoutMs: 4 * asked.timeoutMs }, "r1 asked again, patiently");
+    t.match(
+      again,
+      { reason: /unanswered$/, timeoutMs: Math.max(4 * asked.timeoutMs, 1500) },
+      "r1 asked again, patiently",
+    );
     const out = sc.candidates();
     t.match(
       sc.events.find((e) => e.type === "promoted"),
@@ -1392,7 +1396,7 @@ t.test("a replica that resets alone and refuses a probe is removed; the others g
   t.equal(sc.probes.length, 0);
   sc.tick(1);
   t.match(sc.probes, [{ target: "r1", reason: /reset a connection/ }]);
-  sc.engine.probeResult(sc.probes[0]!.id, false, sc.now);
+  sc.engine.probeResult(sc.probes[0]!.id, false, sc.now, "ECONNREFUSED");
   sc.drain();
   t.match(
     sc.events.find((e) => e.type === "replica-failure"),
@@ -1411,6 +1415,34 @@ t.test("a replica that resets alone and refuses a probe is removed; the others g
     "r1 gets nothing more",
   );
   t.equal(sc.events.filter((e) => e.type === "no-replica-left").length, 0, "one replica is left");
+});
+
+t.test("a replica's unanswered probe is asked again patiently: one lost SYN removes nothing", async (t) => {
+  const run = (secondAnswer: boolean) => {
+    const sc = probing([R1, R2]);
+    sc.replica(R1, 1, "", 1, RST | ACK); // evidence against r1
+    sc.tick(2);
+    const first = sc.probes.find((p) => p.target === "r1")!;
+    t.ok(first, "r1 probed on the evidence");
+    sc.engine.probeResult(first.id, false, sc.now, "no answer to the handshake"); // SYN lost
+    sc.drain();
+    t.equal(sc.engine.stats().failures.replicasFailed, 0, "silence once is no verdict");
+    t.same(sc.engine.replicaIds(), ["r1", "r2"]);
+    const again = sc.probes.find((p) => p.target === "r1" && p.id !== first.id)!;
+    t.match(again, { reason: /unanswered$/, periodic: true }, "asked again at once, patiently");
+    t.ok(again.timeoutMs >= 1500, `the deadline covers a SYN retransmission (${again.timeoutMs} ms)`);
+    sc.now += 1000;
+    sc.engine.probeResult(again.id, secondAnswer, sc.now, "no answer to the handshake");
+    sc.drain();
+    return sc;
+  };
+  const alive = run(true);
+  t.same(alive.engine.replicaIds(), ["r1", "r2"], "answered the second time: r1 stays");
+  t.equal(alive.engine.stats().failures.replicasFailed, 0);
+  const dead = run(false);
+  t.same(dead.engine.replicaIds(), ["r2"], "silent twice: r1 removed");
+  t.equal(dead.engine.stats().failures.replicasFailed, 1);
+  t.equal(dead.engine.stats().failures.promotions, 0, "the original is untouched");
 });
 
 t.test("a replica that stops acknowledging is probed; alive, it stays", async (t) => {
