@@ -17,7 +17,7 @@ import { formatIPv4 } from "../wire/ipv4.js";
 import { ByteStream } from "./byte-stream.js";
 import { ShadowConversation } from "./shadow.js";
 import { DelayEstimator } from "./estimator.js";
-import { RttTracker, SegmentTimer, type RttSeries } from "./rtt.js";
+import { EchoTimer, RttTracker, SegmentTimer, type RttSeries } from "./rtt.js";
 import { HTTP_DATE_CONTEXT, httpDateDifference } from "./reply-mask.js";
 import type {
   EngineConfig,
@@ -51,6 +51,11 @@ const MAX_HOLD_MS = 10_000;
 const PATIENT_REPLICA_PROBE_FACTOR = 4;
 // Covers one SYN retransmission (1 s): a lost SYN or a neighbour still resolving is not a death.
 const PATIENT_REPLICA_PROBE_MIN_MS = 1500;
+
+/** Does this segment call for an answer from its receiver (timestamp-echo timing)? */
+function answerable(seg: TcpSegment): boolean {
+  return seg.payload.length > 0 || (seg.flags & (SYN | FIN)) !== 0;
+}
 
 /** Stream offset of `seq` for a stream whose first data byte is isn+1, nearest to `ref`. */
 export function toOffset(seq: number, isn: number, ref: number): number {
@@ -125,6 +130,10 @@ export class ReplicatedConnection {
   readonly rttToClient = new SegmentTimer();
   /** The client's data timed until the original acknowledges it (original-path RTT). */
   readonly rttToOriginal = new SegmentTimer();
+  /** The original's TSvals until the client echoes them (client-path RTT, timestamp kind). */
+  readonly echoToClient = new EchoTimer();
+  /** The client's TSvals until the original echoes them (original-path RTT, timestamp kind). */
+  readonly echoToOriginal = new EchoTimer();
   /** Since when a replica has answered bytes the original has not (failure detection). */
   replyAheadSince: number | undefined;
   /** Since when client bytes a replica acknowledged await the original's acknowledgement. */
@@ -1274,7 +1283,17 @@ export class ReplicationEngine {
     }
 
     const ts = findOption(seg.options, "timestamp");
-    if (ts) conn.lastClientTsval = ts.tsval;
+    if (ts) {
+      conn.lastClientTsval = ts.tsval;
+      // After a splice the client echoes our translated TSvals and the original is gone.
+      if (!conn.spliced) {
+        const at = this.nowUs(now);
+        const back = conn.echoToClient.echoed(ts.tsecr, at);
+        if (back !== undefined) this.rtt.clientSample("timestamp", back, now, conn.shadows.size > 0);
+        const early = conn.echoToOriginal.sent(ts.tsval, at, answerable(seg));
+        if (early !== undefined) this.rtt.originalSample("timestamp", early, now);
+      }
+    }
     const oldWindow = conn.lastClientWindow;
     conn.lastClientWindow = seg.window;
 
@@ -1488,6 +1507,14 @@ export class ReplicationEngine {
       this.counters.unmatched++;
       return;
     }
+    const ts = conn.spliced ? undefined : findOption(seg.options, "timestamp");
+    if (ts) {
+      const at = this.nowUs(now);
+      const back = conn.echoToOriginal.echoed(ts.tsecr, at);
+      if (back !== undefined) this.rtt.originalSample("timestamp", back, now);
+      const early = conn.echoToClient.sent(ts.tsval, at, answerable(seg));
+      if (early !== undefined) this.rtt.clientSample("timestamp", early, now, conn.shadows.size > 0);
+    }
     if (seg.flags & ACK) {
       const ackOff = toOffset(seg.ack, conn.clientIsn, conn.originalAckOffset);
       const rtt = conn.rttToOriginal.acked(ackOff, this.nowUs(now));
@@ -1677,6 +1704,10 @@ export class ReplicationEngine {
     if (s.state !== "open" || s.replicaIsn === undefined) return;
     const ts = findOption(seg.options, "timestamp");
     if (ts && (s.tsRecent === undefined || seqDiff(ts.tsval, s.tsRecent) >= 0)) s.tsRecent = ts.tsval;
+    if (ts) {
+      const rtt = s.echoTimer.echoed(ts.tsecr, this.nowUs(now));
+      if (rtt !== undefined) this.rtt.replicaSample(s.replica.id, "timestamp", rtt, now);
+    }
 
     if (seg.flags & ACK) this.onReplicaAck(conn, s, seg, now, r);
     s.lastWindow = seg.window;
@@ -1962,6 +1993,7 @@ export class ReplicationEngine {
       const payload = conn.client.read(s.sndNxt, s.sndNxt + len);
       const last = s.sndNxt + len === end;
       this.emit(s, this.segmentTo(conn, s, toSeq(s.sndNxt, conn.clientIsn), last ? PSH : 0, payload));
+      this.echoSent(conn, s, now);
       if (!s.rttProbe) s.rttProbe = { end: s.sndNxt + len, at: now };
       s.sndNxt += len;
       s.bytesSent += len;
@@ -1971,6 +2003,7 @@ export class ReplicationEngine {
     if (conn.clientFinReady && s.sndNxt === conn.clientFinOffset && !s.finSent) {
       s.finSent = true;
       this.emit(s, this.segmentTo(conn, s, toSeq(s.sndNxt, conn.clientIsn), FIN, new Uint8Array(0)));
+      this.echoSent(conn, s, now);
       if (s.rtoDeadline === undefined) s.rtoDeadline = now + s.rtoMs;
     }
   }
@@ -1980,6 +2013,7 @@ export class ReplicationEngine {
     const from = Math.max(0, s.sndUna);
     const to = Math.min(s.sndNxt, conn.client.end, from + s.maxPayload);
     s.rttProbe = undefined; // Karn: no RTT samples from retransmitted data
+    this.echoResent(conn, s);
     s.retransmits++;
     if (r) r.retransmits++;
     if (to > from) {
@@ -2033,6 +2067,7 @@ export class ReplicationEngine {
     s.recoverPoint = undefined;
     s.dupAcks = 0;
     s.rttProbe = undefined;
+    this.echoResent(conn, s);
     s.retransmits++;
     const r = this.replicas.get(s.replica.id);
     if (r) r.retransmits++;
@@ -2040,6 +2075,18 @@ export class ReplicationEngine {
     if (s.finSent && !s.finAcked) s.finSent = false;
     this.trySend(conn, s, now);
     if (s.rtoDeadline === undefined && this.outstanding(conn, s)) s.rtoDeadline = now + s.rtoMs;
+  }
+
+  /** Times the replica's echo of the TSval (the client's, relayed) on a segment just sent. */
+  private echoSent(conn: ReplicatedConnection, s: ShadowConversation, now: number): void {
+    if (s.tsOk && conn.lastClientTsval !== undefined)
+      s.echoTimer.sent(conn.lastClientTsval, now * 1000, true);
+  }
+
+  /** A retransmission carries the client's TSval again, maybe the one a timing waits for: which
+   * copy the echo answers is then unknown, so that timing ends without a sample. */
+  private echoResent(conn: ReplicatedConnection, s: ShadowConversation): void {
+    if (conn.lastClientTsval !== undefined) s.echoTimer.forget(conn.lastClientTsval);
   }
 
   private rttSample(s: ShadowConversation, ms: number): void {

@@ -5,18 +5,22 @@
 //              acknowledgement of it;
 //   replica  — appliance ↔ each replica: the engine's SYN or data to the replica, to its
 //              acknowledgement.
-// Two kinds per path: `handshake` (SYN → SYN-ACK, SYN-ACK → ACK: answered at once by the peer's
-// kernel, the network's own figure) and `data` (one timed segment at a time, Karn's rule: never
-// a retransmitted one; the peer's acknowledgement may wait for its application's answer or its
-// delayed-ACK timer, as in any passive measurement). Times are µs on one clock (capture times,
-// or the engine's clock in tests without capture).
+// Three kinds per path: `handshake` (SYN → SYN-ACK, SYN-ACK → ACK: answered at once by the
+// peer's kernel, the network's own figure), `data` (sequence/acknowledgement matching, one timed
+// segment at a time, Karn's rule: never a retransmitted one; the peer's acknowledgement may wait
+// for its application's answer or its delayed-ACK timer, as in any passive measurement) and
+// `timestamp` (TCP timestamp echoes, RFC 7323: a second, independent estimator that also times
+// retransmitted data and several segments per round trip). Times are µs on one clock (capture
+// times, or the engine's clock in tests without capture).
 import { RttHistogram, WindowedHistogram, type HistogramSummary, type WindowedSummary } from "./histogram.js";
 
-export type RttKind = "handshake" | "data";
+export type RttKind = "handshake" | "data" | "timestamp";
+export const RTT_KINDS: readonly RttKind[] = ["handshake", "data", "timestamp"];
 
 export interface PathRtt {
   handshake: WindowedSummary;
   data: WindowedSummary;
+  timestamp: WindowedSummary;
 }
 
 export interface RttStats {
@@ -49,12 +53,18 @@ export interface RttSeries {
 class PathHistograms {
   readonly handshake: WindowedHistogram;
   readonly data: WindowedHistogram;
+  readonly timestamp: WindowedHistogram;
   constructor(sliceMs: number, slices: number) {
     this.handshake = new WindowedHistogram(sliceMs, slices);
     this.data = new WindowedHistogram(sliceMs, slices);
+    this.timestamp = new WindowedHistogram(sliceMs, slices);
   }
   summary(now: number): PathRtt {
-    return { handshake: this.handshake.summary(now), data: this.data.summary(now) };
+    return {
+      handshake: this.handshake.summary(now),
+      data: this.data.summary(now),
+      timestamp: this.timestamp.summary(now),
+    };
   }
 }
 
@@ -122,7 +132,7 @@ export class RttTracker {
   /** Every cumulative histogram, for exposition. */
   series(): RttSeries[] {
     const out: RttSeries[] = [];
-    for (const kind of ["handshake", "data"] as const) {
+    for (const kind of RTT_KINDS) {
       out.push({ path: "client", kind, histogram: this.client[kind].total });
       out.push({ path: "original", kind, histogram: this.original[kind].total });
       for (const [id, h] of this.replicas)
@@ -181,5 +191,80 @@ export class SegmentTimer {
     if (this.timedEnd === undefined || offset < this.timedEnd) return undefined;
     this.timedEnd = undefined;
     return atUs - this.timedAt;
+  }
+}
+
+/** Timings under way at once per direction (one per timestamp tick); beyond, the oldest goes. */
+export const ECHO_TIMINGS = 16;
+
+/** a - b for 32-bit TCP timestamps (RFC 7323 compares them like sequence numbers). */
+function tsDiff(a: number, b: number): number {
+  return (a - b) | 0;
+}
+
+/**
+ * Times round trips by TCP timestamp echoes (RFC 7323), one direction of one connection: the first
+ * segment carrying a new TSval starts a timing, the first segment from the other side echoing it
+ * in TSecr ends it. Unlike sequence/acknowledgement matching, a retransmission is no ambiguity
+ * (the echo names the copy it answers) and several timings run at once (one per timestamp tick:
+ * Linux ticks every millisecond).
+ *
+ * Only a segment that calls for an answer (payload, SYN or FIN) starts a timing: a pure ACK's
+ * TSval is echoed only when the peer next has something to send, which would time its
+ * application, not the path. A receiver delaying its ACK echoes the earliest TSval it acknowledges
+ * (RFC 7323 §4.3), so a delayed ACK's wait is in the sample, as in the sender's own estimate.
+ * Echoes of older TSvals than a matched one can no longer be first echoes: they are dropped.
+ *
+ * The segment and its echo may come through different capture channels: an echo of a TSval not
+ * seen yet is kept (the first one) and completes the timing when that TSval arrives.
+ */
+export class EchoTimer {
+  private readonly pending: Array<{ tsval: number; atUs: number }> = [];
+  /** Newest TSval seen on a segment that calls for an answer. */
+  private newest: number | undefined;
+  private early: { tsecr: number; atUs: number } | undefined;
+
+  /** A segment carrying `tsval` was sent at atUs; returns a sample when its echo came first. */
+  sent(tsval: number, atUs: number, answerable: boolean): number | undefined {
+    if (!answerable) return undefined;
+    if (this.newest !== undefined && tsDiff(tsval, this.newest) <= 0) return undefined; // not new
+    this.newest = tsval;
+    if (this.early) {
+      const e = this.early;
+      const d = tsDiff(e.tsecr, tsval);
+      if (d === 0 && e.atUs >= atUs) {
+        this.early = undefined;
+        return e.atUs - atUs;
+      }
+      if (d <= 0) this.early = undefined; // an echo of something older than what is sent now
+    }
+    if (this.pending.length >= ECHO_TIMINGS) this.pending.shift();
+    this.pending.push({ tsval, atUs });
+    return undefined;
+  }
+
+  /**
+   * A segment carrying `tsval` was sent again (a sender that stamps copies with a value it reused,
+   * like the engine relaying the client's TSval): which copy an echo answers is unknown now.
+   */
+  forget(tsval: number): void {
+    const i = this.pending.findIndex((p) => p.tsval === tsval);
+    if (i >= 0) this.pending.splice(i, 1);
+  }
+
+  /** The RTT sample (µs) a segment from the other side echoing `tsecr` at atUs completes, if any. */
+  echoed(tsecr: number, atUs: number): number | undefined {
+    let i = 0;
+    while (i < this.pending.length && tsDiff(this.pending[i]!.tsval, tsecr) < 0) i++;
+    const hit = i < this.pending.length && this.pending[i]!.tsval === tsecr;
+    if (!hit) {
+      // Nothing this new was sent yet as far as this channel knows: the segment may be late.
+      if (this.newest === undefined || tsDiff(tsecr, this.newest) > 0) this.early ??= { tsecr, atUs };
+      this.pending.splice(0, i);
+      return undefined;
+    }
+    const { atUs: sentAt } = this.pending[i]!;
+    this.pending.splice(0, i + 1);
+    return atUs >= sentAt ? atUs - sentAt : undefined;
   }
 }

@@ -4,6 +4,7 @@
 // the replica it is the receiver (it collects the replica's reply bytes for comparison and
 // acknowledges them only as far as the client acknowledged the original's bytes at the same offsets).
 import { ByteStream } from "./byte-stream.js";
+import { EchoTimer } from "./rtt.js";
 import type { ReplicaInfo, ShadowStatus } from "./types.js";
 
 export type ShadowState = "syn-sent" | "open" | "closed";
@@ -36,6 +37,8 @@ export class ShadowConversation {
   rtoDeadline: number | undefined;
   backoffs = 0;
   rttProbe: { end: number; at: number } | undefined;
+  /** Our segments' TSvals (the client's, relayed) until the replica echoes them (path RTT). */
+  readonly echoTimer = new EchoTimer();
   dupAcks = 0;
   recoverPoint: number | undefined;
   synTries = 0;

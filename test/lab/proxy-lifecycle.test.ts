@@ -74,4 +74,14 @@ t.test("without replicas the data plane runs: connections are tracked, timed and
   );
   t.equal(stats.engine.rtt.degradation.replicated.count, 0, "nothing replicated");
   t.ok(stats.engine.rtt.original.handshake.total.count >= 1, "the original's handshake timed");
+  // Ping-pong: the client's request and the original's answer time the original's path twice over,
+  // by sequence/ACK and by the timestamp the answer echoes; both estimators must roughly agree.
+  const o = stats.engine.rtt.original;
+  t.ok(o.timestamp.total.count > 0, `timestamp echoes timed the original (${o.timestamp.total.count})`);
+  t.ok(stats.engine.rtt.client.timestamp.total.count > 0, "and the client");
+  const ratio = o.timestamp.total.p50Us! / o.data.total.p50Us!;
+  t.ok(
+    ratio > 0.2 && ratio < 5,
+    `the estimators agree: p50 ${o.timestamp.total.p50Us} vs ${o.data.total.p50Us} µs`,
+  );
 });

@@ -39,4 +39,11 @@ t.test("1 GiB echoed through the VIP reaches every replica", async (t) => {
     t.equal(rep.comparedBytes, e.clientBytes, `${rep.id} echoed every byte, identical to the original`);
     t.equal(rep.lagging + rep.diverged, 0, `${rep.id} healthy throughout`);
   }
+  // Both passive RTT estimators see every path of real Linux TCP traffic.
+  const paths = { client: e.rtt.client, original: e.rtt.original, ...e.rtt.replicas };
+  t.same(Object.keys(paths).sort(), ["client", "original", "replica1", "replica2"]);
+  for (const [name, p] of Object.entries(paths)) {
+    t.ok(p.data.total.count > 0, `${name}: ${p.data.total.count} seq/ACK samples`);
+    t.ok(p.timestamp.total.count > 0, `${name}: ${p.timestamp.total.count} timestamp-echo samples`);
+  }
 });

@@ -59,6 +59,10 @@ class Scenario {
   clientIsn: number;
   originalIsn: number;
   replicaIsn = new Map<number, number>();
+  /** Timestamp options of the next segments (timestamp-echo RTT); defaults otherwise. */
+  clientTs: { tsval: number; tsecr: number } | undefined;
+  originalTs: { tsval: number; tsecr: number } | undefined;
+  replicaTsecr: number | undefined;
   shadowPort = 0;
   clientSent = 0;
   originalSent = 0;
@@ -171,7 +175,7 @@ class Scenario {
       options: [
         { kind: "nop" },
         { kind: "nop" },
-        { kind: "timestamp", tsval: 777 + this.clientSent, tsecr: 1 },
+        { kind: "timestamp", tsval: 777 + this.clientSent, tsecr: 1, ...this.clientTs },
       ],
       payload: bytes(data),
     });
@@ -187,6 +191,9 @@ class Scenario {
       seq: toSeq(this.originalSent, this.originalIsn),
       ack: toSeq(this.clientSent, this.clientIsn),
       flags,
+      options: this.originalTs
+        ? [{ kind: "nop" }, { kind: "nop" }, { kind: "timestamp", ...this.originalTs }]
+        : [],
       payload: bytes(data),
     });
     this.originalSent += data.length + (flags & FIN ? 1 : 0);
@@ -232,7 +239,11 @@ class Scenario {
         ack: toSeq(acked, this.clientIsn),
         flags,
         window,
-        options: [{ kind: "nop" }, { kind: "nop" }, { kind: "timestamp", tsval: 5000 + offset, tsecr: 777 }],
+        options: [
+          { kind: "nop" },
+          { kind: "nop" },
+          { kind: "timestamp", tsval: 5000 + offset, tsecr: this.replicaTsecr ?? 777 },
+        ],
         payload: bytes(data),
       }),
     );
@@ -1544,6 +1555,60 @@ t.test("passive RTT: every path's handshake and data are timed, retransmissions 
   );
   sc.engine.removeReplica("r1");
   t.same(Object.keys(sc.engine.stats().rtt.replicas), [], "a removed replica's histograms are freed");
+});
+
+t.test("passive RTT: timestamp echoes time every path, a retransmission's echo included", async (t) => {
+  const sc = new Scenario(config(), [R1]);
+  sc.open();
+  sc.replicaSynAck(R1, 1);
+  sc.clientTs = { tsval: 100, tsecr: 0 };
+  sc.client("GET\r\n"); // relayed to r1 with the client's TSval 100
+  sc.now += 0.3;
+  sc.replicaTsecr = 100;
+  sc.replica(R1, 0, "", 5); // r1 echoes it 300 µs later
+  sc.now += 0.2;
+  sc.originalTs = { tsval: 9000, tsecr: 100 };
+  sc.original("OK\r\n"); // the original echoes it 500 µs after the request
+  sc.now += 0.07;
+  sc.clientTs = { tsval: 101, tsecr: 9000 };
+  sc.client("", 4); // the client echoes the answer's TSval 70 µs after it left
+  const rtt = sc.engine.stats().rtt;
+  const near = (x: number | null, want: number) => x !== null && Math.abs(x - want) / want < 0.03;
+  t.equal(rtt.original.timestamp.total.count, 1, "one original-path echo");
+  t.ok(
+    near(rtt.original.timestamp.total.p50Us, 500),
+    `original ≈ 500 µs (${rtt.original.timestamp.total.p50Us})`,
+  );
+  t.equal(rtt.client.timestamp.total.count, 1, "one client-path echo");
+  t.ok(near(rtt.client.timestamp.total.p50Us, 70), `client ≈ 70 µs (${rtt.client.timestamp.total.p50Us})`);
+  t.equal(rtt.replicas.r1?.timestamp.total.count, 1, "one replica-path echo");
+  t.ok(near(rtt.replicas.r1?.timestamp.total.p50Us ?? null, 300), "replica ≈ 300 µs");
+
+  // The original sends data, then sends it again with a newer TSval: the client's echo names the
+  // second copy, so (unlike seq/ACK matching) the retransmission is timed.
+  const dataBefore = sc.engine.stats().rtt.client.data.total.count;
+  sc.originalTs = { tsval: 9100, tsecr: 101 };
+  sc.original("more");
+  sc.originalSent -= 4;
+  sc.now += 200;
+  sc.originalTs = { tsval: 9300, tsecr: 101 };
+  sc.original("more");
+  sc.now += 0.08;
+  sc.clientTs = { tsval: 400, tsecr: 9300 };
+  sc.client("", 8);
+  const after = sc.engine.stats().rtt;
+  t.equal(after.client.data.total.count, dataBefore, "seq/ACK: no sample from retransmitted data");
+  t.equal(after.client.timestamp.total.count, 2, "timestamps: the echoed copy is timed");
+  t.ok(
+    near(after.client.timestamp.total.maxUs, 80),
+    `≈ 80 µs, not 200 ms (${after.client.timestamp.total.maxUs})`,
+  );
+  t.ok(
+    sc.engine
+      .rttSeries()
+      .some((x) => x.path === "client" && x.kind === "timestamp" && x.histogram.count === 2),
+    "exposed as its own kind",
+  );
 });
 
 t.test("passive RTT: degradation compares connections with and without shadows", async (t) => {

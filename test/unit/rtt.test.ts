@@ -3,7 +3,7 @@
 import t from "tap";
 import fc from "fast-check";
 import { RttHistogram, WindowedHistogram } from "../../src/replica/histogram.js";
-import { SegmentTimer } from "../../src/replica/rtt.js";
+import { ECHO_TIMINGS, EchoTimer, SegmentTimer } from "../../src/replica/rtt.js";
 
 const samples = fc.array(fc.double({ min: 0, max: 5e7, noNaN: true }), { minLength: 1, maxLength: 400 });
 
@@ -160,5 +160,84 @@ t.test("segment timer: an acknowledgement handled before its data (another chann
     timer.sent(300, 400, 2100),
     undefined,
     "an early acknowledgement older than the data is no answer to it",
+  );
+});
+
+t.test("echo timer: the first answerable segment of a TSval, its first echo", async (t) => {
+  const timer = new EchoTimer();
+  t.equal(timer.sent(10, 1000, false), undefined);
+  t.equal(timer.echoed(10, 1500), undefined, "a pure ACK's TSval is not timed (its echo waits for the peer)");
+  timer.sent(11, 2000, true);
+  timer.sent(11, 2010, true); // same tick: not a new timing
+  t.equal(timer.echoed(11, 2100), 100, "timed from the first segment with that TSval");
+  t.equal(timer.echoed(11, 2200), undefined, "only the first echo");
+  timer.sent(12, 3000, true);
+  timer.sent(13, 3001, true);
+  timer.sent(14, 3002, true);
+  t.equal(timer.echoed(13, 3050), 49, "a delayed ACK echoes the earliest TSval it acknowledges");
+  t.equal(timer.echoed(12, 3060), undefined, "an older one can no longer be a first echo");
+  t.equal(timer.echoed(14, 3070), 68, "a newer one still can");
+  timer.sent(20, 4000, true);
+  timer.forget(20); // sent again with the same TSval
+  t.equal(timer.echoed(20, 4100), undefined, "which copy was echoed is unknown: no sample");
+  timer.sent(1, 6000, true);
+  t.equal(timer.echoed(1, 6100), undefined, "a TSval older than one timed is not new");
+  const wrapping = new EchoTimer();
+  wrapping.sent(0xffffffff, 5000, true);
+  wrapping.sent(2, 5001, true); // the 32-bit clock wrapped
+  t.equal(wrapping.echoed(0xffffffff, 5010), 10, "before the wrap");
+  t.equal(wrapping.echoed(2, 5020), 19, "after it");
+});
+
+t.test("echo timer: an echo handled before its segment (another channel)", async (t) => {
+  const timer = new EchoTimer();
+  timer.sent(5, 900, true);
+  t.equal(timer.echoed(7, 1040), undefined, "echoes a TSval not seen yet: kept");
+  t.equal(timer.echoed(8, 1090), undefined, "only the first early echo is kept");
+  t.equal(timer.sent(7, 1000, true), 40, "the segment arrives: timed by capture times");
+  t.equal(timer.echoed(9, 1200), undefined);
+  t.equal(timer.sent(10, 1300, true), undefined, "an early echo of an older TSval is dropped");
+  t.equal(timer.echoed(10, 1320), 20, "and timing goes on as usual");
+});
+
+t.test("echo timer: bounded, and every sample is a real elapsed time", async (t) => {
+  const timer = new EchoTimer();
+  for (let i = 0; i < 3 * ECHO_TIMINGS; i++) timer.sent(100 + i, 1000 + i, true);
+  t.equal(timer.echoed(100, 2000), undefined, "the oldest timings went beyond the limit");
+  t.equal(
+    timer.echoed(100 + 2 * ECHO_TIMINGS, 2000),
+    2000 - (1000 + 2 * ECHO_TIMINGS),
+    `the newest ${ECHO_TIMINGS} are kept`,
+  );
+  // Any interleaving of sends and echoes: a sample is always echo time - send time of that very
+  // TSval's first answerable segment, never negative, and each TSval gives at most one.
+  fc.assert(
+    fc.property(
+      fc.array(
+        fc.record({ echo: fc.boolean(), ts: fc.integer({ min: 0, max: 40 }), answerable: fc.boolean() }),
+        { maxLength: 200 },
+      ),
+      (ops) => {
+        const timer = new EchoTimer();
+        const firstSent = new Map<number, number>();
+        const sampled = new Set<number>();
+        let now = 0;
+        for (const op of ops) {
+          now += 7;
+          if (op.echo) {
+            const us = timer.echoed(op.ts, now);
+            if (us === undefined) continue;
+            if (sampled.has(op.ts) || !firstSent.has(op.ts)) return false;
+            if (us !== now - firstSent.get(op.ts)! || us < 0) return false;
+            sampled.add(op.ts);
+          } else {
+            const early = timer.sent(op.ts, now, op.answerable);
+            if (op.answerable && !firstSent.has(op.ts)) firstSent.set(op.ts, now);
+            if (early !== undefined) return false; // echoes here always come after their segment
+          }
+        }
+        return true;
+      },
+    ),
   );
 });
