@@ -159,6 +159,12 @@ export class Metrics {
     counter("failovers", "failovers_total", "Promotions of a replica (any cause) since start");
     counter("failures", "failures_detected_total", "Failures of the original detected");
     counter("captureGaps", "capture_gaps_total", "Connections with bytes the capture missed");
+    counter(
+      "channelPauses",
+      "capture_channel_pauses_total",
+      "Capture channels paused for running ahead of the other (the engine was behind)",
+    );
+    counter("channelPaused", "capture_channel_paused_seconds_total", "Time capture channels spent paused");
     counter("eventDropped", "event_stream_dropped_clients_total", "Event stream clients dropped as too slow");
     gauge("active", "connections_active", "Connections the engine tracks");
     gauge("buffered", "buffered_bytes", "Bytes the engine holds");
@@ -193,7 +199,10 @@ export class Metrics {
   }
 
   /** Mirrors one statistics snapshot into the registry (call before rendering). */
-  update(stats: Pick<ProxyStats, "engine" | "capture" | "injector">, control: ControlSnapshot): void {
+  update(
+    stats: Pick<ProxyStats, "engine" | "capture" | "injector"> & Partial<Pick<ProxyStats, "channelBalance">>,
+    control: ControlSnapshot,
+  ): void {
     const e = stats.engine;
     const set = (key: string, pairs: Array<[Record<string, string>, number]>) => {
       const c = this.counters[key]!;
@@ -229,7 +238,13 @@ export class Metrics {
       [{ where: "capture", reason: "client" }, stats.capture.client.kernelDropped],
       [{ where: "capture", reason: "backend" }, stats.capture.backend.kernelDropped],
       [{ where: "inject", reason: "error" }, stats.injector.errors],
+      ...Object.entries(e.packets.unmatchedBy).map(([reason, n]): [Record<string, string>, number] => [
+        { where: "unmatched", reason },
+        n,
+      ]),
     ]);
+    one("channelPauses", stats.channelBalance?.pauses ?? 0);
+    one("channelPaused", (stats.channelBalance?.pausedMs ?? 0) / 1000);
     one("oooRefused", e.outOfOrderRefusedBytes);
     set(
       "divergences",

@@ -63,6 +63,8 @@ export interface CaptureSink {
   segment(seg: TcpSegment, capture: { channel: string; timeUs: number }): void;
   /** The end of a batch of records that arrived together. */
   batchEnd(): void;
+  /** A batch of `channel` ended, its newest record captured at watermarkUs (channel balance). */
+  delivered?(channel: string, watermarkUs: number): void;
   reject(reason: string): void;
 }
 
@@ -114,8 +116,10 @@ export class Capture {
         sink.reject("capture-stream-corrupt");
         return;
       }
+      let newest: number | undefined;
       for (const rec of records) {
         this.counters.records++;
+        newest = rec.timeUs;
         const link = parseLinkLayer(this.reader.linkType ?? DLT_LINUX_SLL, rec.data);
         if (!link.ok) {
           sink.reject(link.reason);
@@ -126,6 +130,7 @@ export class Capture {
         else sink.segment(r.segment, { channel: this.channel, timeUs: rec.timeUs });
       }
       sink.batchEnd();
+      if (newest !== undefined) sink.delivered?.(this.channel, newest);
     });
     this.child.stderr!.setEncoding("utf8").on("data", (d: string) => {
       this.stderr = (this.stderr + d).slice(-8192);
@@ -161,6 +166,15 @@ export class Capture {
       await new Promise((r) => setTimeout(r, 10));
     }
     return c;
+  }
+
+  /** Stops reading the helper's records (it blocks, its kernel ring fills) until resume(). */
+  pause(): void {
+    this.child.stdout!.pause();
+  }
+
+  resume(): void {
+    this.child.stdout!.resume();
   }
 
   get running(): boolean {

@@ -19,6 +19,7 @@ import {
   type KernelPathConfig,
   type RuleCounter,
 } from "./nft.js";
+import { ChannelBalancer, type ChannelBalanceStats } from "./channel-balance.js";
 import type { ProxyConfig } from "./config.js";
 
 /**
@@ -32,6 +33,8 @@ export function engineNow(): number {
 export interface ProxyStats {
   engine: EngineStats;
   capture: Record<"client" | "backend", CaptureCounters & { running: boolean }>;
+  /** Channels paused for running ahead of the other (see channel-balance.ts). */
+  channelBalance: ChannelBalanceStats;
   injector: { sent: number; errors: number; lastError: string | null };
   kernel: RuleCounter[];
   uptimeMs: number;
@@ -46,6 +49,7 @@ async function routeDevice(address: string): Promise<string> {
 
 export class Proxy {
   private captures: { client: Capture; backend: Capture } | undefined;
+  private readonly balancer = new ChannelBalancer();
   private injector: Injector | undefined;
   private server: Server | undefined;
   private timer: NodeJS.Timeout | undefined;
@@ -126,6 +130,7 @@ export class Proxy {
         this.flush();
       },
       reject: (reason) => this.engine.reject(reason),
+      delivered: (channel, watermarkUs) => this.balancer.delivered(channel, watermarkUs),
     };
     const client = await Capture.start(
       "client",
@@ -145,6 +150,8 @@ export class Proxy {
         c.captureCoalesceUs,
       );
       this.captures = { client, backend };
+      this.balancer.add("client", client);
+      this.balancer.add("backend", backend);
     } catch (e) {
       client.close();
       throw e;
@@ -429,6 +436,7 @@ export class Proxy {
     return {
       engine: this.engine.stats(),
       capture,
+      channelBalance: { ...this.balancer.stats },
       injector: { sent: inj?.sent ?? 0, errors: inj?.errors ?? 0, lastError: inj?.lastError ?? null },
       kernel,
       uptimeMs: Math.round(performance.now() - this.started),
@@ -440,6 +448,7 @@ export class Proxy {
     if (this.timer) clearTimeout(this.timer);
     for (const p of this.probes) p.cancel();
     this.probes.clear();
+    this.balancer.close();
     this.captures?.client.close();
     this.captures?.backend.close();
     this.captures = undefined;

@@ -45,12 +45,26 @@ const MAX_HELD_REFUSALS = 1024;
 const REFUSAL_HOLD_MS = 1000;
 /** A dead probe answer waits at most this long for the capture channels. */
 const CATCH_UP_MS = 5;
+/** The original's segments held until the NATed SYN naming their port is handled, at most. */
+const MAX_UNBOUND = 16_384;
 /** Longest planned pause of the original the engine accepts (a fork copies a few MB). */
 const MAX_HOLD_MS = 10_000;
 /** The second, patient try of a periodic replica probe that went unanswered (see probeResult). */
 const PATIENT_REPLICA_PROBE_FACTOR = 4;
 // Covers one SYN retransmission (1 s): a lost SYN or a neighbour still resolving is not a death.
 const PATIENT_REPLICA_PROBE_MIN_MS = 1500;
+
+/** Bytes of each side a divergence event shows, from the first difference. */
+const DIVERGENCE_EXCERPT = 16;
+
+/** Bytes as text an operator can read in a log line: printable ASCII as is, the rest as \xNN. */
+export function printable(b: Uint8Array): string {
+  let out = "";
+  for (const c of b)
+    out +=
+      c >= 0x20 && c < 0x7f && c !== 0x5c ? String.fromCharCode(c) : `\\x${c.toString(16).padStart(2, "0")}`;
+  return out;
+}
 
 /** Does this segment call for an answer from its receiver (timestamp-echo timing)? */
 function answerable(seg: TcpSegment): boolean {
@@ -245,6 +259,8 @@ export class ReplicationEngine {
   private unboundCount = 0;
   /** NATed SYNs seen before the client's SYN: client ISN -> NAT port. */
   private readonly pendingNat = new Map<number, number>();
+  /** `counters.unmatched` by reason (a handful of fixed keys). */
+  private readonly unmatchedBy: Record<string, number> = {};
   private readonly replicas = new Map<string, ReplicaCounters>();
   /** Capture time of the segment being handled (undefined: one ordered stream). */
   private captureUs: number | undefined;
@@ -486,7 +502,7 @@ export class ReplicationEngine {
       this.counters.replica++;
       this.onReplica(seg, now);
     } else {
-      this.counters.unmatched++;
+      this.unmatched("foreign-flow");
     }
     this.captureUs = undefined;
   }
@@ -1198,6 +1214,7 @@ export class ReplicationEngine {
         natSyn: k.natSyn,
         replica: k.replica,
         unmatched: k.unmatched,
+        unmatchedBy: { ...this.unmatchedBy },
         notFromOriginal: k.notFromOriginal,
       },
       rejected: { ...this.rejected },
@@ -1265,7 +1282,7 @@ export class ReplicationEngine {
     }
     if (!conn) {
       // A connection older than the engine (or one it refused): the kernel path serves it alone.
-      this.counters.unmatched++;
+      this.unmatched("client-unknown-connection");
       return;
     }
     if (conn.phase === "closed" && conn.clientRst) return;
@@ -1375,10 +1392,16 @@ export class ReplicationEngine {
     }
   }
 
-  /** Bounded: at most 4096 segments over all ports, each kept at most synTimeoutMs. */
+  /** A segment that belongs to no conversation the engine follows, counted by why. */
+  private unmatched(reason: string, n = 1): void {
+    this.counters.unmatched += n;
+    this.unmatchedBy[reason] = (this.unmatchedBy[reason] ?? 0) + n;
+  }
+
+  /** Bounded: at most MAX_UNBOUND segments over all ports, each kept at most synTimeoutMs. */
   private holdUnbound(seg: TcpSegment, now: number): void {
-    if (this.unboundCount >= 4096) {
-      this.counters.unmatched++;
+    if (this.unboundCount >= MAX_UNBOUND) {
+      this.unmatched("original-unbound-full");
       return;
     }
     const list = this.unbound.get(seg.dstPort) ?? [];
@@ -1395,7 +1418,7 @@ export class ReplicationEngine {
       if (now - list[0]!.at >= this.config.synTimeoutMs) {
         this.unbound.delete(port);
         this.unboundCount -= list.length;
-        this.counters.unmatched += list.length;
+        this.unmatched("original-unbound-expired", list.length);
       }
     }
   }
@@ -1504,7 +1527,7 @@ export class ReplicationEngine {
       return;
     }
     if (conn.originalIsn === undefined) {
-      this.counters.unmatched++;
+      this.unmatched("original-before-syn-ack");
       return;
     }
     const ts = conn.spliced ? undefined : findOption(seg.options, "timestamp");
@@ -1682,7 +1705,7 @@ export class ReplicationEngine {
     const conn = this.byShadowPort.get(seg.dstPort);
     const s = conn && [...conn.shadows.values()].find((x) => x.replica.address === seg.src);
     if (!conn || !s) {
-      this.counters.unmatched++;
+      this.unmatched("replica-unknown-shadow");
       return;
     }
     const r = this.replicas.get(s.replica.id)!;
@@ -2109,7 +2132,12 @@ export class ReplicationEngine {
         const theirs = conn.original.read(s.compared, upto);
         const differs = mine.equals(theirs) ? -1 : this.firstRealDifference(conn, s, mine, theirs);
         if (differs >= 0) {
-          this.setStatus(conn, s, "diverged", "reply bytes differ", s.compared + differs);
+          const at = s.compared + differs;
+          const excerpt = {
+            original: printable(conn.original.read(at, Math.min(upto, at + DIVERGENCE_EXCERPT))),
+            replicaBytes: printable(s.reply.read(at, Math.min(upto, at + DIVERGENCE_EXCERPT))),
+          };
+          this.setStatus(conn, s, "diverged", "reply bytes differ", at, excerpt);
         } else {
           const r = this.replicas.get(s.replica.id);
           if (r) r.comparedBytes += upto - s.compared;
@@ -2170,6 +2198,7 @@ export class ReplicationEngine {
     status: "diverged" | "lagging" | "unverified",
     reason: string,
     offset: number,
+    excerpt?: { original: string; replicaBytes: string },
   ): void {
     if (s.status === status || (s.status !== "healthy" && status === "unverified")) return;
     if (s.status === "lagging") return; // the worst state; it stays
@@ -2179,7 +2208,7 @@ export class ReplicationEngine {
     const id = s.replica.id;
     if (status === "diverged") {
       if (r) r.diverged++;
-      this.event({ type: "diverged", conn: conn.id, replica: id, offset, reason });
+      this.event({ type: "diverged", conn: conn.id, replica: id, offset, reason, ...excerpt });
     } else if (status === "lagging") {
       if (r) r.lagging++;
       this.event({ type: "lagging", conn: conn.id, replica: id, reason });

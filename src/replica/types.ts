@@ -135,7 +135,16 @@ export type ShadowStatus = "healthy" | "diverged" | "lagging" | "unverified";
 export type EngineEvent =
   | { type: "connection-opened"; conn: string; replicas: string[] }
   | { type: "connection-closed"; conn: string }
-  | { type: "diverged"; conn: string; replica: string; offset: number; reason: string }
+  | {
+      type: "diverged";
+      conn: string;
+      replica: string;
+      offset: number;
+      reason: string;
+      /** Up to 16 bytes from `offset` on each side (JSON-safe, non-printable bytes as \xNN). */
+      original?: string;
+      replicaBytes?: string;
+    }
   | { type: "lagging"; conn: string; replica: string; reason: string }
   | { type: "unverified"; conn: string; replica: string; reason: string }
   | { type: "close-released"; conn: string; kind: "fin" | "rst"; heldMs: number; matched: boolean }
@@ -194,6 +203,9 @@ export interface EngineStats {
     natSyn: number;
     replica: number;
     unmatched: number;
+    /** `unmatched` by reason: foreign-flow, client-unknown-connection, original-unbound-full,
+     * original-unbound-expired, original-before-syn-ack, replica-unknown-shadow. */
+    unmatchedBy: Record<string, number>;
     /** Segments to the SNAT address from another host than the current original (ignored): a
      * fenced former original (its dying kernel retransmitting a FIN), probe answers. */
     notFromOriginal: number;

@@ -50,7 +50,30 @@ function snapshot(e: ReplicationEngine) {
   return {
     engine: e.stats(),
     capture: { client: { ...cap, kernelDropped: 7 }, backend: { ...cap } },
+    channelBalance: { pauses: 3, pausedMs: 1500 },
     injector: { sent: 0, errors: 2, lastError: null },
+  };
+}
+
+/** A segment of a flow the engine does not follow (neither VIP, original nor replicas). */
+function straySegment() {
+  return {
+    tos: 0,
+    id: 1,
+    dontFragment: true,
+    ttl: 64,
+    src: parseIPv4("10.9.9.9"),
+    dst: parseIPv4("10.9.9.8"),
+    ipOptions: new Uint8Array(0),
+    srcPort: 1234,
+    dstPort: 80,
+    seq: 1,
+    ack: 0,
+    flags: 0x02,
+    window: 1000,
+    urgent: 0,
+    options: [],
+    payload: new Uint8Array(0),
   };
 }
 
@@ -130,6 +153,7 @@ t.test("engine counters are mirrored per scrape; removed replicas leave no stale
   e.reject("truncated");
   e.reject("truncated");
   e.reject("bad-checksum");
+  e.onSegment(straySegment(), 1);
   const m = new Metrics();
   m.update(snapshot(e), control);
   let text = await m.render();
@@ -138,6 +162,9 @@ t.test("engine counters are mirrored per scrape; removed replicas leave no stale
   t.equal(drops.get('{where="parse",reason="bad-checksum"}'), 1);
   t.equal(drops.get('{where="capture",reason="client"}'), 7, "libpcap's drops");
   t.equal(drops.get('{where="inject",reason="error"}'), 2);
+  t.equal(drops.get('{where="unmatched",reason="foreign-flow"}'), 1, "unmatched segments by reason");
+  t.equal(series(text, "tcp_replicator_capture_channel_pauses_total").get(""), 3);
+  t.equal(series(text, "tcp_replicator_capture_channel_paused_seconds_total").get(""), 1.5);
   t.equal(series(text, "tcp_replicator_replicas_promotable").get(""), 2);
   t.same([...series(text, "tcp_replicator_divergences_total").keys()], ['{replica="r1"}', '{replica="r2"}']);
   t.equal(series(text, "tcp_replicator_event_stream_clients").get(""), 2);

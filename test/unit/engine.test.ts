@@ -348,6 +348,8 @@ t.test("a reply that differs marks the replica diverged at the first differing o
     replica: "r1",
     offset: 13,
     reason: "reply bytes differ",
+    original: "0",
+    replicaBytes: "1",
   });
   t.equal(sc.engine.stats().replicas[0]!.diverged, 1);
 });
@@ -471,6 +473,50 @@ t.test("buffers are bounded: a replica beyond the per-connection limit is laggin
   t.equal(s.replicas[0]!.shadowsActive, 0, "the shadow was reset");
 });
 
+t.test("the original's segments wait for their NAT binding, within a bound", async (t) => {
+  const sc = new Scenario(config());
+  // The original answers on NAT ports the engine has not seen a NATed SYN for yet (the client
+  // capture channel is behind): held, then replayed once the binding comes.
+  const fromOriginal = (port: number, i: number) =>
+    seg({
+      src: ORIGINAL,
+      dst: SNAT,
+      srcPort: PORT,
+      dstPort: port,
+      seq: 1000 + i,
+      flags: ACK,
+      payload: bytes("x"),
+    });
+  const LIMIT = 16_384;
+  // Port 50000's SYN-ACK first (its connection is the one bound below), then other ports' data.
+  sc.feed(
+    seg({
+      src: ORIGINAL,
+      dst: SNAT,
+      srcPort: PORT,
+      dstPort: 50_000,
+      seq: sc.originalIsn,
+      ack: (sc.clientIsn + 1) >>> 0,
+      flags: SYN | ACK,
+    }),
+  );
+  for (let i = 1; i < LIMIT + 10; i++) sc.feed(fromOriginal(50_001 + (i % 63), i));
+  let s = sc.engine.stats();
+  t.same(s.packets.unmatchedBy, { "original-unbound-full": 10 }, "beyond the hold's limit: counted, dropped");
+  sc.clientSyn();
+  sc.feed(seg({ src: SNAT, dst: ORIGINAL, srcPort: 50_000, dstPort: PORT, seq: sc.clientIsn, flags: SYN }));
+  s = sc.engine.stats();
+  t.equal(s.packets.unmatched, 10, "the bound port's held SYN-ACK was replayed, not dropped");
+  t.equal(sc.engine.connection(CLIENT, CPORT)?.originalIsn, sc.originalIsn, "and bound the connection");
+  sc.tick(config().synTimeoutMs + 1);
+  s = sc.engine.stats();
+  t.equal(
+    s.packets.unmatchedBy["original-unbound-expired"],
+    LIMIT - 1,
+    "the other ports' segments expire after synTimeoutMs",
+  );
+});
+
 t.test("a replica added later gets only new connections", async (t) => {
   const sc = new Scenario();
   sc.open();
@@ -495,6 +541,7 @@ t.test("segments for unknown connections and SYN floods are counted, not tracked
     sc.feed(seg({ src: ip(`10.9.0.${i}`), dst: VIP, srcPort: 1000 + i, dstPort: PORT, seq: i, flags: SYN }));
   let s = sc.engine.stats();
   t.equal(s.packets.unmatched, 2);
+  t.same(s.packets.unmatchedBy, { "client-unknown-connection": 1, "foreign-flow": 1 }, "counted by reason");
   t.equal(s.connections.active, 10, "the table stops at its limit");
   t.equal(s.connections.notReplicated, 40);
   sc.tick(cfg.synTimeoutMs + 1);
