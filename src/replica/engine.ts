@@ -162,9 +162,10 @@ export class ReplicatedConnection {
   readonly notPromotable = new Set<string>();
   port: number | undefined;
   captureGap = false;
-  /** Acknowledged-but-not-captured suspicions awaiting confirmation, per direction. */
+  /** Acknowledged-but-not-captured suspicions awaiting confirmation, per direction: the oldest
+   * unresolved one, and the newest acknowledgement beyond it (watched once the oldest resolves). */
   readonly gapSuspects: Partial<
-    Record<"client" | "original", { offset: number; atUs: number; since: number }>
+    Record<"client" | "original", GapSuspect & { next?: GapSuspect | undefined }>
   > = {};
   closedAt: number | undefined;
   /** Bytes this connection's own streams accounted for in the engine's totals. */
@@ -232,6 +233,16 @@ interface ReplicaCounters {
     | undefined;
   /** When this replica was last probed because of evidence (rate limit). */
   lastEvidenceProbeAt: number;
+}
+
+/** Bytes acknowledged beyond what was captured: a capture gap unless the capture catches up. */
+interface GapSuspect {
+  /** Stream offset acknowledged. */
+  offset: number;
+  /** Capture time (µs) of the acknowledgement. */
+  atUs: number;
+  /** Engine time it was first seen. */
+  since: number;
 }
 
 /** A probe asked of the I/O edge, not answered yet. */
@@ -2256,8 +2267,12 @@ export class ReplicationEngine {
       return;
     }
     const cur = conn.gapSuspects[direction];
-    if (!cur || acked > cur.offset)
-      conn.gapSuspects[direction] = { offset: acked, atUs: this.captureUs, since: cur?.since ?? now };
+    const suspect = { offset: acked, atUs: this.captureUs, since: now };
+    // Each suspicion keeps its own capture time and start: an acknowledgement that runs ahead
+    // of its channel again and again (the other channel is behind, under load) must not inherit
+    // the first one's age, or a steady skew would confirm a gap that is not there.
+    if (!cur) conn.gapSuspects[direction] = suspect;
+    else if (acked > (cur.next?.offset ?? cur.offset)) cur.next = suspect;
   }
 
   private capturedUpTo(conn: ReplicatedConnection, direction: "client" | "original"): number {
@@ -2270,13 +2285,12 @@ export class ReplicationEngine {
   private checkGaps(conn: ReplicatedConnection, now: number): number | undefined {
     let next: number | undefined;
     for (const direction of ["client", "original"] as const) {
-      const s = conn.gapSuspects[direction];
-      if (!s) continue;
       const have = this.capturedUpTo(conn, direction);
-      if (have >= s.offset || conn.captureGap) {
-        conn.gapSuspects[direction] = undefined;
-        continue;
-      }
+      let s = conn.gapSuspects[direction];
+      // Resolved: the newest acknowledgement beyond it is watched now, if it is still ahead.
+      while (s && (have >= s.offset || conn.captureGap)) s = conn.captureGap ? undefined : s.next;
+      conn.gapSuspects[direction] = s;
+      if (!s) continue;
       const channel = this.channelOf[direction];
       const watermark = (channel === undefined ? undefined : this.watermarkUs.get(channel)) ?? -Infinity;
       // Slack: packets captured on different CPUs can reach one ring slightly out of time order.

@@ -94,6 +94,15 @@ t.test("five replicas", async (t) => {
   const stats = await waitReplicationIdle(state.proxy!.statsSocket);
   const d = await digests(topo);
   t.equal(d.length, 6);
+  const detail = JSON.stringify({
+    capture: stats.capture,
+    balance: stats.channelBalance,
+    packets: stats.engine.packets,
+    gaps: stats.engine.captureGaps,
+    refused: stats.engine.outOfOrderRefusedBytes,
+    rejected: stats.engine.rejected,
+  });
+  t.equal(stats.engine.captureGaps, 0, `no capture gaps: ${detail}`);
   t.same(new Set(d).size, 1, `six identical digests ${d.join(" ")}`);
   t.equal(stats.engine.replicas.length, 5);
   for (const r of stats.engine.replicas)

@@ -703,8 +703,36 @@ t.test("with two capture channels a gap is only suspected until the other channe
   feed(client(0, 9, ""), "client", 200);
   feed(original(4, 0, "x"), "backend", 150);
   t.equal(sc.engine.stats().captureGaps, 0, "the channel has not passed the ACK's time yet");
-  feed(original(5, 0, ""), "backend", 200 + 300_000);
+  feed(original(5, 0, ""), "backend", 200 + 900_000);
+  t.equal(sc.engine.stats().captureGaps, 0, "900 ms later: the client may still retransmit (RTO ≥ 200 ms)");
+  feed(original(5, 0, ""), "backend", 200 + 1_100_000);
   t.equal(sc.engine.stats().captureGaps, 1, "confirmed once the backend channel delivered later packets");
+
+  // A steady skew for longer than gapConfirmMs: the backend channel is handled 3 segments ahead
+  // of the client channel, so every acknowledgement runs ahead of the captured bytes, and each is
+  // caught up a moment later. No gap: a suspicion does not inherit the age of the one before.
+  const skew = new Scenario();
+  const feedTo = (s: TcpSegment, channel: string, timeUs: number) => {
+    skew.engine.onSegment(s, skew.now, { channel, timeUs });
+    skew.engine.flush(skew.now);
+    skew.drain();
+  };
+  feedTo(seg({ src: CLIENT, dst: VIP, srcPort: CPORT, dstPort: PORT, seq: 1000, flags: SYN }), "client", 1);
+  feedTo(
+    seg({ src: SNAT, dst: ORIGINAL, srcPort: CPORT, dstPort: PORT, seq: 1000, flags: SYN }),
+    "client",
+    2,
+  );
+  feedTo(client(0, 0, ""), "client", 3);
+  const steps = Math.ceil((config().gapConfirmMs * 1.4) / 10);
+  for (let i = 0; i < steps; i++) {
+    skew.now += 10;
+    feedTo(original(0, i + 4, ""), "backend", 10_000 * (i + 3) + 100); // acknowledges byte i+3
+    feedTo(client(i, 0, "x"), "client", 10_000 * i);
+    skew.tick(0);
+  }
+  t.equal(skew.engine.stats().captureGaps, 0, `${steps * 10} ms of skew, no false gap`);
+  t.equal(skew.engine.stats().clientBytes, steps, "every byte captured");
 });
 
 t.test(
