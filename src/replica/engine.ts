@@ -270,8 +270,6 @@ export class ReplicationEngine {
   private unboundCount = 0;
   /** NATed SYNs seen before the client's SYN: client ISN -> NAT port. */
   private readonly pendingNat = new Map<number, number>();
-  /** The connection whose client bytes arrived last since the last flush (keepClientOrder). */
-  private lastDataConn: ReplicatedConnection | undefined;
   /** `counters.unmatched` by reason (a handful of fixed keys). */
   private readonly unmatchedBy: Record<string, number> = {};
   private readonly replicas = new Map<string, ReplicaCounters>();
@@ -464,7 +462,6 @@ export class ReplicationEngine {
    * falls behind, it batches more instead of falling further behind.
    */
   flush(now: number): void {
-    this.lastDataConn = undefined;
     for (const conn of this.dirty) {
       if (conn.spliced) this.forwardToClient(conn, conn.spliced, undefined, 0);
       for (const s of conn.shadows.values()) {
@@ -480,21 +477,6 @@ export class ReplicationEngine {
       }
     }
     this.dirty.clear();
-  }
-
-  /**
-   * Client bytes of `conn` just arrived. The original received the clients' bytes in capture
-   * order, across connections too; a batch flushed connection by connection would hand a replica
-   * connection A's later request before connection B's earlier one, and requests that touch the
-   * same state (two INCRs of one key, an HSET of one field) would then be answered differently:
-   * a divergence the original never had. So when the client bytes switch to another connection,
-   * what the previous one has pending goes out first (its ACKs still wait for flush()).
-   */
-  private keepClientOrder(conn: ReplicatedConnection, now: number): void {
-    const prev = this.lastDataConn;
-    this.lastDataConn = conn;
-    if (prev === undefined || prev === conn || !this.dirty.has(prev)) return;
-    for (const s of prev.shadows.values()) this.trySend(prev, s, now);
   }
 
   /**
@@ -1376,7 +1358,6 @@ export class ReplicationEngine {
       if (early !== undefined) this.rtt.originalSample("data", early, now);
       const grew = conn.client.write(off, seg.payload);
       this.counters.clientBytes += grew;
-      if (grew > 0) this.keepClientOrder(conn, now);
       if (conn.client.end > conn.originalAckOffset) conn.unackedSince ??= now;
       if (seg.flags & FIN && conn.clientFinOffset === undefined)
         conn.clientFinOffset = off + seg.payload.length;
