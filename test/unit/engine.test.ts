@@ -2,6 +2,7 @@
 // DESIGN-BRIEF section 2, each checked on what the engine emits.
 import t from "tap";
 import fc from "fast-check";
+import { assertProperty } from "../property.js";
 import { ReplicationEngine, toOffset, toSeq } from "../../src/replica/engine.js";
 import { defaultConfig, type EngineConfig, type EngineEvent } from "../../src/replica/types.js";
 import { parseIPv4 } from "../../src/wire/ipv4.js";
@@ -550,8 +551,12 @@ t.test("segments for unknown connections and SYN floods are counted, not tracked
   t.equal(s.connections.halfOpenExpired, 10);
 });
 
-t.test("a lossy replica link still delivers the exact client stream (simulation)", async (t) => {
-  fc.assert(
+const LOSSY_LINK = "a lossy replica link delivers the exact client stream, or the shadow is reported lagging";
+t.test(LOSSY_LINK, async (t) => {
+  let delivered = 0;
+  let gaveUp = 0;
+  assertProperty(
+    LOSSY_LINK,
     fc.property(
       fc.array(fc.string({ minLength: 1, maxLength: 3000 }), { minLength: 1, maxLength: 20 }),
       fc.integer({ min: 0, max: 2 ** 32 - 1 }),
@@ -559,10 +564,14 @@ t.test("a lossy replica link still delivers the exact client stream (simulation)
       fc.integer({ min: 1, max: 1 << 30 }),
       (chunks, isn, lossRate, seed) => {
         const sc = new Scenario(config(), [R1], { client: isn, original: 7 });
-        let rnd = seed;
+        // mulberry32: 32-bit integer arithmetic throughout. (An LCG computed in doubles lost its
+        // low bits beyond 2^53 and drew long runs below the loss rate: 8 losses in a row.)
+        let state = seed >>> 0;
         const lose = () => {
-          rnd = (rnd * 1103515245 + 12345) % 2 ** 31;
-          return rnd / 2 ** 31 < lossRate;
+          state = (state + 0x6d2b79f5) >>> 0;
+          let x = Math.imul(state ^ (state >>> 15), state | 1);
+          x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
+          return ((x ^ (x >>> 14)) >>> 0) / 2 ** 32 < lossRate;
         };
         // A receiver that takes only in-order bytes and acknowledges what it has.
         let received = "";
@@ -588,16 +597,34 @@ t.test("a lossy replica link still delivers the exact client stream (simulation)
         let pending = deliver(sc.open());
         for (const c of chunks) pending.push(...sc.client(c));
         const want = chunks.join("");
-        for (let round = 0; round < 2000 && received.length < want.length; round++) {
+        let lagging = false;
+        for (let round = 0; round < 2000 && received.length < want.length && !lagging; round++) {
           const next = deliver(pending);
           pending = next.length > 0 ? next : sc.tick(250);
+          lagging = sc.engine.stats().replicas[0]!.lagging > 0;
         }
-        return received === want;
+        // Never a byte the client did not send, nor one out of place.
+        if (!want.startsWith(received)) return false;
+        if (received === want) {
+          delivered++;
+          return sc.engine.stats().replicas[0]!.lagging === 0;
+        }
+        // The engine may give up (SYN retries or backoffs exhausted: 7 SYNs all lost happens at
+        // 35 % loss once in ~1 600 connections), but never silently: the shadow is reported
+        // lagging, counted, and is no longer promotable.
+        gaveUp++;
+        const ev = sc.events.find((e) => e.type === "lagging");
+        return (
+          lagging &&
+          ev !== undefined &&
+          /did not answer the SYN|stopped acknowledging/.test(ev.reason) &&
+          sc.engine.stats().replicas[0]!.shadowsActive === 0
+        );
       },
     ),
     { numRuns: 60 },
   );
-  t.pass("every run delivered the exact stream");
+  t.ok(delivered > 0, `${delivered} runs delivered the exact stream, ${gaveUp} gave up visibly`);
 });
 
 t.test("bytes lost to capture: the connection is marked and its shadows lagging", async (t) => {

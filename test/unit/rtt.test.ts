@@ -2,6 +2,7 @@
 // exact ones, moments exact, windows that forget, Karn's rule.
 import t from "tap";
 import fc from "fast-check";
+import { assertProperty } from "../property.js";
 import { RttHistogram, WindowedHistogram } from "../../src/replica/histogram.js";
 import { ECHO_TIMINGS, EchoTimer, SegmentTimer } from "../../src/replica/rtt.js";
 
@@ -16,7 +17,8 @@ function exactQuantile(xs: number[], q: number): number {
 t.test("quantiles are within 2.2 % of the exact nearest-rank ones (1 µs absolute below 1 µs)", async (t) => {
   t.doesNotThrow(
     () =>
-      fc.assert(
+      assertProperty(
+        "quantiles are within 2.2 % of the exact nearest-rank ones (1 µs absolute below 1 µs)",
         fc.property(samples, fc.constantFrom(0.5, 0.9, 0.99), (xs, q) => {
           const h = new RttHistogram();
           for (const x of xs) h.add(x);
@@ -33,7 +35,8 @@ t.test("quantiles are within 2.2 % of the exact nearest-rank ones (1 µs absolut
 t.test("count, mean, standard deviation, min and max are exact", async (t) => {
   t.doesNotThrow(
     () =>
-      fc.assert(
+      assertProperty(
+        "count, mean, standard deviation, min and max are exact",
         fc.property(samples, (xs) => {
           const h = new RttHistogram();
           for (const x of xs) h.add(x);
@@ -59,7 +62,8 @@ t.test("count, mean, standard deviation, min and max are exact", async (t) => {
 t.test("merging equals adding every sample to one histogram", async (t) => {
   t.doesNotThrow(
     () =>
-      fc.assert(
+      assertProperty(
+        "merging equals adding every sample to one histogram",
         fc.property(samples, samples, (a, b) => {
           const ha = new RttHistogram();
           const hb = new RttHistogram();
@@ -92,7 +96,8 @@ t.test("cumulative counts never overstate and never decrease", async (t) => {
   const bounds = [10, 50, 100, 250, 500, 1000, 5000, 25_000, 100_000, 1e6];
   t.doesNotThrow(
     () =>
-      fc.assert(
+      assertProperty(
+        "cumulative counts never overstate and never decrease",
         fc.property(samples, (xs) => {
           const h = new RttHistogram();
           for (const x of xs) h.add(x);
@@ -211,7 +216,8 @@ t.test("echo timer: bounded, and every sample is a real elapsed time", async (t)
   );
   // Any interleaving of sends and echoes: a sample is always echo time - send time of that very
   // TSval's first answerable segment, never negative, and each TSval gives at most one.
-  fc.assert(
+  assertProperty(
+    "echo timer: bounded, and every sample is a real elapsed time",
     fc.property(
       fc.array(
         fc.record({ echo: fc.boolean(), ts: fc.integer({ min: 0, max: 40 }), answerable: fc.boolean() }),

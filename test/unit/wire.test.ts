@@ -1,5 +1,6 @@
 import t from "tap";
 import fc from "fast-check";
+import { assertProperty } from "../property.js";
 import { internetChecksum, updateChecksum16, updateChecksum32 } from "../../src/wire/checksum.js";
 import { formatIPv4, parseIPv4 } from "../../src/wire/ipv4.js";
 import { DLT_EN10MB, DLT_LINUX_SLL2, parseLinkLayer } from "../../src/wire/link.js";
@@ -81,7 +82,8 @@ t.test("RFC 1071 example checksum", async (t) => {
 });
 
 t.test("parse(build(x)) = x", async (t) => {
-  fc.assert(
+  assertProperty(
+    "parse(build(x)) = x",
     fc.property(segment, (s) => {
       const r = parseSegment(buildSegment(s));
       if (!r.ok) throw new Error(`rejected: ${r.reason}`);
@@ -107,7 +109,8 @@ const REASONS = new Set([
 
 t.test("random bytes never throw, and give a packet or a known reason", async (t) => {
   let rejected = 0;
-  fc.assert(
+  assertProperty(
+    "random bytes never throw, and give a packet or a known reason",
     fc.property(fc.uint8Array({ maxLength: 200 }), fc.boolean(), (bytes, verify) => {
       const r = parseSegment(bytes, { verifyChecksums: verify });
       if (!r.ok) {
@@ -120,7 +123,8 @@ t.test("random bytes never throw, and give a packet or a known reason", async (t
   );
   t.ok(rejected > 0, "random input is rejected");
   // Random bytes with a plausible IPv4/TCP prefix reach the deeper checks too.
-  fc.assert(
+  assertProperty(
+    "random bytes never throw, and give a packet or a known reason (2)",
     fc.property(segment, fc.nat(), u8, (s, pos, value) => {
       const b = buildSegment(s);
       b[pos % b.length] = value;
@@ -132,7 +136,8 @@ t.test("random bytes never throw, and give a packet or a known reason", async (t
 });
 
 t.test("a flipped bit anywhere is caught by a checksum or a header check", async (t) => {
-  fc.assert(
+  assertProperty(
+    "a flipped bit anywhere is caught by a checksum or a header check",
     fc.property(segment, fc.nat(), fc.integer({ min: 0, max: 7 }), (s, pos, bit) => {
       const b = buildSegment(s);
       const at = pos % b.length;
@@ -145,7 +150,8 @@ t.test("a flipped bit anywhere is caught by a checksum or a header check", async
 });
 
 t.test("incremental checksum update equals a full recomputation", async (t) => {
-  fc.assert(
+  assertProperty(
+    "incremental checksum update equals a full recomputation",
     fc.property(segment, u32, u32, (s, newDst, newAck) => {
       const b = buildSegment(s);
       const ihl = (b[0]! & 0x0f) * 4;
@@ -162,7 +168,8 @@ t.test("incremental checksum update equals a full recomputation", async (t) => {
     }),
     { numRuns: 1000 },
   );
-  fc.assert(
+  assertProperty(
+    "incremental checksum update equals a full recomputation (2)",
     fc.property(
       fc.uint8Array({ minLength: 2, maxLength: 64 }).filter((a) => a.length % 2 === 0),
       fc.nat(),
