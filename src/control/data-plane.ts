@@ -1,6 +1,7 @@
 // What the control plane needs from the data plane, as an interface: the real one is the proxy
 // (proxy-data-plane.ts); tests drive a real engine without I/O through the same interface.
-import type { ReplicatedConnection } from "../replica/engine.js";
+import type { ReplicatedConnection } from "../replica/connection.js";
+import { canSplice } from "../replica/splice.js";
 import type { EngineEvent, EngineStats } from "../replica/types.js";
 import type { ProxyStats } from "../proxy/proxy.js";
 import type { ProbeAnswer } from "../proxy/probe.js";
@@ -57,24 +58,10 @@ export interface PromotionOutlook {
 }
 
 /**
- * Could `conn` continue on replica `id`, byte-exact? The engine's own rule (ReplicationEngine
- * canSplice, applied by promote()); a test checks that this prediction matches what promote()
- * then does.
+ * Could `conn` continue on replica `id`, byte-exact? The engine's own rule (src/replica/splice.ts,
+ * applied by promote()); a test checks that this prediction matches what promote() then does.
  */
-export function carriable(conn: ReplicatedConnection, id: string): boolean {
-  const s = conn.shadows.get(id);
-  return (
-    s !== undefined &&
-    s.state === "open" &&
-    s.status === "healthy" &&
-    !s.replicaRst &&
-    (s.replicaFinOffset === undefined || s.replicaFinOffset === conn.originalFinOffset) &&
-    !conn.notPromotable.has(id) &&
-    conn.originalIsn !== undefined &&
-    s.replicaIsn !== undefined &&
-    !conn.captureGap
-  );
-}
+export const carriable = canSplice;
 
 export function promotionOutlook(conns: Iterable<ReplicatedConnection>, id: string): PromotionOutlook {
   const o: PromotionOutlook = { carriable: 0, blocking: 0, halfOpen: 0 };

@@ -9,6 +9,8 @@
 // only printable ones in both streams, so a difference in length, line structure or anything
 // else is still a divergence.
 
+import type { ReplyTolerance } from "./reply-verifier.js";
+
 const NAME = Buffer.from("date: ");
 /** IMF-fixdate is always this long. */
 const VALUE_LENGTH = 29;
@@ -39,3 +41,10 @@ export function httpDateDifference(before: Buffer, theirs: number, mine: number)
   for (let i = NAME.length; i < line.length; i++) if (!printable(line[i]!)) return false;
   return true;
 }
+
+/** The HTTP Date tolerance as a reply verifier policy (config `compare.httpDate`). */
+export const HTTP_DATE_TOLERANCE: ReplyTolerance = {
+  name: "http-date",
+  context: HTTP_DATE_CONTEXT,
+  excuses: httpDateDifference,
+};

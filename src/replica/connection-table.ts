@@ -1,0 +1,200 @@
+// The connection table and demultiplexing: client connections by (address, port), by the NAT
+// port the kernel path gave them toward the original, and by the source port of their shadow
+// conversations; the original's segments that arrive before the NATed SYN naming their port (the
+// two capture channels are not ordered with each other) wait here, bounded. Segments that belong
+// to nothing are counted by reason.
+import type { TcpSegment } from "../wire/tcp.js";
+import { assert } from "./assert.js";
+import { ReplicatedConnection } from "./connection.js";
+import { copyOptions } from "./offsets.js";
+
+/** The original's segments held until the NATed SYN naming their port is handled, at most. */
+export const MAX_UNBOUND = 16_384;
+/** NATed SYNs remembered before their client's SYN was seen, at most. */
+export const MAX_PENDING_NAT = 1024;
+
+export function connectionKey(clientAddr: number, clientPort: number): number {
+  return clientAddr * 65536 + clientPort;
+}
+
+export class ConnectionTable {
+  private readonly conns = new Map<number, ReplicatedConnection>();
+  private readonly byNatPort = new Map<number, ReplicatedConnection>();
+  private readonly byShadowPort = new Map<number, ReplicatedConnection>();
+  /** Original's segments for a NAT port not bound yet (channel skew), by port. */
+  private readonly unbound = new Map<number, Array<{ seg: TcpSegment; at: number }>>();
+  private unboundCount = 0;
+  /** NATed SYNs seen before the client's SYN: client ISN -> NAT port. */
+  private readonly pendingNat = new Map<number, number>();
+  private nextPort: number;
+  /** Segments that belong to no conversation the engine follows, in all and by reason. */
+  unmatched = 0;
+  readonly unmatchedBy: Record<string, number> = {};
+
+  constructor(
+    private readonly portRange: [number, number],
+    private readonly synTimeoutMs: number,
+  ) {
+    this.nextPort = portRange[0];
+  }
+
+  get size(): number {
+    return this.conns.size;
+  }
+
+  get(key: number): ReplicatedConnection | undefined {
+    return this.conns.get(key);
+  }
+
+  values(): IterableIterator<ReplicatedConnection> {
+    return this.conns.values();
+  }
+
+  byNat(port: number): ReplicatedConnection | undefined {
+    return this.byNatPort.get(port);
+  }
+
+  byShadow(port: number): ReplicatedConnection | undefined {
+    return this.byShadowPort.get(port);
+  }
+
+  /** Is `conn` still the table's entry for its key (not deleted, not replaced)? */
+  holds(conn: ReplicatedConnection): boolean {
+    return this.conns.get(conn.key) === conn;
+  }
+
+  /** A new connection from the client's SYN; its NAT port if that SYN was seen first. Returns
+   * the held segments of the original to replay for it. */
+  add(conn: ReplicatedConnection): Array<{ seg: TcpSegment; at: number }> {
+    assert(!this.conns.has(conn.key), `table: ${conn.id} added twice`);
+    this.conns.set(conn.key, conn);
+    const nat = this.pendingNat.get(conn.clientIsn);
+    if (nat === undefined) return [];
+    this.pendingNat.delete(conn.clientIsn);
+    return this.bindNat(conn, nat);
+  }
+
+  /**
+   * The kernel path's SYN toward the original: the NAT port of the half-open connection with
+   * this ISN, or remembered until that connection's SYN is seen. Returns the connection it bound
+   * (if any) and the held segments of the original to replay for it.
+   */
+  natSyn(
+    seg: TcpSegment,
+  ): { conn: ReplicatedConnection; replay: Array<{ seg: TcpSegment; at: number }> } | undefined {
+    for (const conn of this.conns.values()) {
+      // Unanswered, it may be bound already: after a failover the client's retransmitted SYN
+      // goes to the new original, maybe from another NAT port. The latest binding wins.
+      if (conn.phase === "syn" && conn.clientIsn === seg.seq && conn.originalIsn === undefined) {
+        if (conn.natPort !== undefined && this.byNatPort.get(conn.natPort) === conn)
+          this.byNatPort.delete(conn.natPort);
+        return { conn, replay: this.bindNat(conn, seg.srcPort) };
+      }
+    }
+    // Bounded; the oldest entry goes first. SYNs from the appliance's own address that are not the
+    // kernel path's (its probes) land here too and must not push out a real binding all at once.
+    if (this.pendingNat.size >= MAX_PENDING_NAT) this.pendingNat.delete(this.pendingNat.keys().next().value!);
+    this.pendingNat.set(seg.seq, seg.srcPort);
+    return undefined;
+  }
+
+  private bindNat(conn: ReplicatedConnection, port: number): Array<{ seg: TcpSegment; at: number }> {
+    const old = this.byNatPort.get(port);
+    if (old && old !== conn) old.natPort = undefined;
+    conn.natPort = port;
+    this.byNatPort.set(port, conn);
+    const waiting = this.unbound.get(port);
+    if (!waiting) return [];
+    this.unbound.delete(port);
+    this.unboundCount -= waiting.length;
+    assert(this.unboundCount >= 0, "table: unbound count below zero");
+    return waiting;
+  }
+
+  /** New connections go to a new original: NATed SYNs seen for the old one mean nothing now. */
+  forgetPendingNat(): void {
+    this.pendingNat.clear();
+  }
+
+  /** Counts a segment that belongs to nothing the engine follows. */
+  unmatch(reason: string, n = 1): void {
+    this.unmatched += n;
+    this.unmatchedBy[reason] = (this.unmatchedBy[reason] ?? 0) + n;
+  }
+
+  /** Bounded: at most MAX_UNBOUND segments over all ports, each kept at most synTimeoutMs. */
+  holdUnbound(seg: TcpSegment, now: number): void {
+    if (this.unboundCount >= MAX_UNBOUND) {
+      this.unmatch("original-unbound-full");
+      return;
+    }
+    const list = this.unbound.get(seg.dstPort) ?? [];
+    list.push({
+      seg: { ...seg, payload: Uint8Array.from(seg.payload), options: copyOptions(seg.options) },
+      at: now,
+    });
+    this.unbound.set(seg.dstPort, list);
+    this.unboundCount++;
+  }
+
+  /** Expires held segments; reports when the next ones expire. */
+  expireUnbound(now: number, want: (t: number) => void): void {
+    if (this.unboundCount === 0) return;
+    for (const [port, list] of this.unbound) {
+      if (now - list[0]!.at >= this.synTimeoutMs) {
+        this.unbound.delete(port);
+        this.unboundCount -= list.length;
+        this.unmatch("original-unbound-expired", list.length);
+      }
+    }
+    for (const list of this.unbound.values()) want(list[0]!.at + this.synTimeoutMs);
+  }
+
+  get unboundHeld(): number {
+    return this.unboundCount;
+  }
+
+  /** A source port for the connection's shadow conversations, or undefined when all are taken. */
+  allocateShadowPort(conn: ReplicatedConnection): number | undefined {
+    const [lo, hi] = this.portRange;
+    const span = hi - lo + 1;
+    for (let i = 0; i < span; i++) {
+      const p = this.nextPort;
+      this.nextPort = p >= hi ? lo : p + 1;
+      if (!this.byShadowPort.has(p)) {
+        conn.port = p;
+        this.byShadowPort.set(p, conn);
+        return p;
+      }
+    }
+    return undefined;
+  }
+
+  delete(conn: ReplicatedConnection): void {
+    this.conns.delete(conn.key);
+    if (conn.natPort !== undefined && this.byNatPort.get(conn.natPort) === conn)
+      this.byNatPort.delete(conn.natPort);
+    if (conn.port !== undefined && this.byShadowPort.get(conn.port) === conn)
+      this.byShadowPort.delete(conn.port);
+  }
+
+  /** Whole-table consistency (tests and the simulator; O(n)). */
+  checkInvariants(maxConnections: number): void {
+    assert(this.conns.size <= maxConnections, "table: more connections than the limit");
+    let held = 0;
+    for (const list of this.unbound.values()) held += list.length;
+    assert(held === this.unboundCount, `table: unbound count ${this.unboundCount}, held ${held}`);
+    assert(held <= MAX_UNBOUND, "table: unbound hold beyond its limit");
+    assert(this.pendingNat.size <= MAX_PENDING_NAT, "table: pending NAT beyond its limit");
+    for (const [port, c] of this.byNatPort)
+      assert(
+        c.natPort === port && this.conns.get(c.key) === c,
+        `table: NAT port ${port} names a stale entry`,
+      );
+    for (const [port, c] of this.byShadowPort)
+      assert(
+        c.port === port && this.conns.get(c.key) === c,
+        `table: shadow port ${port} names a stale entry`,
+      );
+  }
+}

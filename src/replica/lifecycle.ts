@@ -1,0 +1,138 @@
+// Lifecycle of connections and their shadows: a shadow's status (healthy, or why it is no longer
+// a faithful, promotable copy: diverged, lagging, unverified; each change counted and an event),
+// closing shadows, closing and deleting connections. The other parts call these; none of them
+// decides when, only how.
+import type { ConnectionTable } from "./connection-table.js";
+import type { ReplicatedConnection } from "./connection.js";
+import type { Buffers } from "./buffers.js";
+import type { Outbox } from "./outbox.js";
+import type { ReplicaSet } from "./replica-set.js";
+import type { ShadowConversation } from "./shadow.js";
+import type { ShadowSender } from "./shadow-sender.js";
+
+export class Lifecycle {
+  /** Connections that were open and were deleted. */
+  closed = 0;
+
+  constructor(
+    private readonly table: ConnectionTable,
+    private readonly replicas: ReplicaSet,
+    private readonly buffers: Buffers,
+    private readonly sender: ShadowSender,
+    private readonly outbox: Outbox,
+    /** The engine's set of connections with sends due at the next flush. */
+    private readonly dirty: Set<ReplicatedConnection>,
+  ) {}
+
+  /**
+   * The shadow is no longer a faithful copy. Lagging is the worst state and stays; unverified
+   * never replaces another non-healthy state.
+   */
+  setStatus(
+    conn: ReplicatedConnection,
+    s: ShadowConversation,
+    status: "diverged" | "lagging" | "unverified",
+    reason: string,
+    offset: number,
+    excerpt?: { original: string; replicaBytes: string },
+  ): void {
+    if (s.status === status || (s.status !== "healthy" && status === "unverified")) return;
+    if (s.status === "lagging") return; // the worst state; it stays
+    s.status = status;
+    s.reason = reason;
+    const r = this.replicas.get(s.replica.id);
+    const id = s.replica.id;
+    if (status === "diverged") {
+      if (r) r.diverged++;
+      this.outbox.event({ type: "diverged", conn: conn.id, replica: id, offset, reason, ...excerpt });
+    } else if (status === "lagging") {
+      if (r) r.lagging++;
+      this.outbox.event({ type: "lagging", conn: conn.id, replica: id, reason });
+    } else {
+      if (r) r.unverified++;
+      this.outbox.event({ type: "unverified", conn: conn.id, replica: id, reason });
+    }
+    this.buffers.releaseOriginal(conn);
+  }
+
+  closeShadow(conn: ReplicatedConnection, s: ShadowConversation): void {
+    s.state = "closed";
+    s.rtoDeadline = undefined;
+    s.reply.clear();
+    this.buffers.releaseClient(conn);
+    this.buffers.releaseOriginal(conn);
+  }
+
+  /** The shadow's conversation ended both ways (FINs sent and acknowledged): closed. */
+  maybeCloseShadow(conn: ReplicatedConnection, s: ShadowConversation): void {
+    if (s.finAcked && s.replicaFinOffset !== undefined && s.rcvAcked === s.replicaFinOffset + 1) {
+      this.closeShadow(conn, s);
+      this.buffers.account(conn);
+    }
+  }
+
+  /** The shadow is given up: marked lagging (or as told), its replica reset, its state freed. */
+  abandon(conn: ReplicatedConnection, s: ShadowConversation, reason: string): void {
+    this.setStatus(conn, s, "lagging", reason, s.compared);
+    this.sender.sendRst(conn, s);
+    this.closeShadow(conn, s);
+    this.buffers.releaseClient(conn);
+    this.buffers.releaseOriginal(conn);
+  }
+
+  /** Resets every shadow still talking to its replica and closes the connection. */
+  resetShadows(conn: ReplicatedConnection, now: number): void {
+    for (const s of conn.shadows.values()) {
+      if (s.live) {
+        this.sender.sendRst(conn, s);
+        this.closeShadow(conn, s);
+      }
+    }
+    this.markClosed(conn, now);
+    this.buffers.account(conn);
+  }
+
+  markClosed(conn: ReplicatedConnection, now: number): void {
+    if (conn.phase === "closed") return;
+    conn.phase = "closed";
+    conn.closedAt = now;
+  }
+
+  /** Both directions finished: the client's FIN went through and the original's close was
+   * released and acknowledged by the client. */
+  checkDone(conn: ReplicatedConnection, now: number): void {
+    if (conn.phase !== "open") return;
+    const sp = conn.spliced;
+    // Who acknowledges the client's FIN: the original, or after a splice the promoted replica.
+    const serverAck = sp ? Math.max(0, sp.sndUna) : conn.originalAckOffset;
+    const clientDone = conn.clientFinOffset !== undefined && serverAck >= conn.clientFinOffset + 1;
+    const serverDone = sp
+      ? sp.replicaFinOffset !== undefined && conn.clientAckOffset >= sp.replicaFinOffset + 1
+      : conn.held?.released === true &&
+        (conn.held.kind === "rst" ||
+          (conn.originalFinOffset !== undefined && conn.clientAckOffset >= conn.originalFinOffset + 1));
+    if (clientDone && serverDone) this.markClosed(conn, now);
+  }
+
+  /** The client reused its port: the old connection is over. */
+  abortConnection(conn: ReplicatedConnection): void {
+    for (const s of conn.shadows.values()) if (s.live) this.sender.sendRst(conn, s);
+    this.deleteConnection(conn);
+  }
+
+  deleteConnection(conn: ReplicatedConnection): void {
+    for (const s of conn.shadows.values()) {
+      if (s.live) {
+        this.sender.sendRst(conn, s);
+        this.closeShadow(conn, s);
+      }
+    }
+    conn.client.clear();
+    conn.original.clear();
+    this.buffers.account(conn);
+    this.table.delete(conn);
+    this.dirty.delete(conn);
+    if (conn.phase !== "syn") this.closed++;
+    if (conn.phase !== "syn") this.outbox.event({ type: "connection-closed", conn: conn.id });
+  }
+}

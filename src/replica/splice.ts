@@ -1,0 +1,208 @@
+// The splice. At a promotion every open connection whose shadow on the promoted replica is a
+// faithful copy (healthy, opened with the connection, no capture gap) continues on it: from then
+// on the replica's bytes go to the client translated into the original's sequence space, with a
+// TSval offset for PAWS and the window rescaled, starting with what the client has not
+// acknowledged yet (sent at once, not after the replica's retransmission timer). Bytes at offsets
+// the original had sent go out only once compared equal. Every other connection is reset toward
+// the client, never spliced: a diverged or lagging copy would hand it corrupted bytes.
+import { ACK, FIN, PSH, RST, type TcpOption, type TcpSegment } from "../wire/tcp.js";
+import type { ConnectionTable } from "./connection-table.js";
+import type { ReplicatedConnection } from "./connection.js";
+import type { Lifecycle } from "./lifecycle.js";
+import { toSeq } from "./offsets.js";
+import type { Outbox } from "./outbox.js";
+import type { ShadowConversation } from "./shadow.js";
+import type { EngineConfig } from "./types.js";
+
+/** Could connection `conn` continue on replica `id`'s shadow, byte-exact? */
+export function canSplice(conn: ReplicatedConnection, id: string): boolean {
+  const s = conn.shadows.get(id);
+  return (
+    s !== undefined &&
+    s.state === "open" &&
+    s.status === "healthy" &&
+    !s.replicaRst &&
+    // A replica that closed where the original did not is dying too (or wrong): not spliced.
+    (s.replicaFinOffset === undefined || s.replicaFinOffset === conn.originalFinOffset) &&
+    !conn.notPromotable.has(id) &&
+    conn.originalIsn !== undefined &&
+    s.replicaIsn !== undefined &&
+    !conn.captureGap
+  );
+}
+
+/** Another replica still holding `conn` open (the caught-up one first). */
+export function survivor(conn: ReplicatedConnection, s: ShadowConversation): ShadowConversation | undefined {
+  let found: ShadowConversation | undefined;
+  for (const x of conn.shadows.values()) {
+    if (x === s || !x.live || x.replicaRst || x.replicaFinOffset !== undefined) continue;
+    if (Math.max(0, x.sndUna) >= Math.max(0, s.sndUna)) return x;
+    found ??= x;
+  }
+  return found;
+}
+
+export interface SpliceReport {
+  spliced: number;
+  reset: number;
+  dropped: number;
+}
+
+export class Splicer {
+  constructor(
+    private readonly config: Pick<EngineConfig, "vip" | "port" | "mtu">,
+    private readonly table: ConnectionTable,
+    private readonly lifecycle: Lifecycle,
+    private readonly outbox: Outbox,
+  ) {}
+
+  /** Every connection at a promotion of `id`: spliced onto it, reset, or (not open) dropped. */
+  promote(id: string, now: number): SpliceReport {
+    const report = { spliced: 0, reset: 0, dropped: 0 };
+    for (const conn of [...this.table.values()]) {
+      if (conn.phase !== "open") {
+        this.lifecycle.deleteConnection(conn);
+        report.dropped++;
+        continue;
+      }
+      const s = conn.shadows.get(id);
+      if (s && canSplice(conn, id)) {
+        this.splice(conn, s, now);
+        report.spliced++;
+      } else {
+        this.resetClient(conn);
+        this.lifecycle.resetShadows(conn, now);
+        report.reset++;
+      }
+    }
+    return report;
+  }
+
+  private splice(conn: ReplicatedConnection, s: ShadowConversation, now: number): void {
+    conn.spliced = s;
+    // Its FIN came before the promotion (with the original's): held like one arriving later.
+    if (s.replicaFinOffset !== undefined) conn.spliceFinSince ??= now;
+    conn.sentToClient = Math.max(
+      conn.clientAckOffset -
+        (conn.originalFinOffset !== undefined && conn.clientAckOffset > conn.originalFinOffset ? 1 : 0),
+      0,
+    );
+    if (conn.lastOriginalTsval !== undefined && s.tsRecent !== undefined) {
+      conn.tsOffset = (conn.lastOriginalTsval + 1 - s.tsRecent) >>> 0;
+    }
+    // The old original's close, if any was held, is moot: the replica decides now.
+    if (conn.held && !conn.held.released) conn.held.released = true;
+    for (const x of conn.shadows.values()) {
+      if (x !== s && x.live)
+        this.lifecycle.setStatus(conn, x, "unverified", "its original was replaced", x.compared);
+    }
+    this.forward(conn, s, undefined, 0);
+  }
+
+  /** A segment from the VIP to the client in the original's sequence space. */
+  toClient(
+    conn: ReplicatedConnection,
+    seq: number,
+    flags: number,
+    payload: Uint8Array = new Uint8Array(0),
+  ): TcpSegment {
+    const s = conn.spliced;
+    const options: TcpOption[] = [];
+    if (s?.tsOk && s.tsRecent !== undefined) {
+      options.push(
+        { kind: "nop" },
+        { kind: "nop" },
+        {
+          kind: "timestamp",
+          tsval: (s.tsRecent + conn.tsOffset) >>> 0,
+          tsecr: conn.lastClientTsval ?? 0,
+        },
+      );
+    }
+    const ack = s ? toSeq(Math.max(0, s.sndUna), conn.clientIsn) : toSeq(conn.client.end, conn.clientIsn);
+    const window = s
+      ? Math.min(0xffff, Math.floor((s.lastWindow * 2 ** s.wscale) / 2 ** conn.originalWscale))
+      : 0;
+    return {
+      tos: 0,
+      id: this.outbox.nextIpId(),
+      dontFragment: true,
+      ttl: 64,
+      src: this.config.vip,
+      dst: conn.clientAddr,
+      ipOptions: new Uint8Array(0),
+      srcPort: this.config.port,
+      dstPort: conn.clientPort,
+      seq,
+      ack,
+      flags: flags & RST && !(flags & ACK) ? flags : flags | ACK,
+      window,
+      urgent: 0,
+      options,
+      payload,
+    };
+  }
+
+  /**
+   * Sends the client the spliced replica's bytes it has not been sent, its FIN, and an ACK when
+   * the replica acknowledged more of the client's bytes. Bytes at offsets the original had sent
+   * go out only once compared equal; `resend` re-sends a range the replica retransmitted (the
+   * client missed it).
+   */
+  forward(
+    conn: ReplicatedConnection,
+    s: ShadowConversation,
+    resend: number | undefined,
+    resendLength: number,
+  ): void {
+    const isn = conn.originalIsn!;
+    if (s.status === "diverged") {
+      this.resetClient(conn);
+      return;
+    }
+    const verified = s.compared >= conn.original.end ? s.reply.end : s.compared;
+    const maxPayload = Math.max(1, Math.min(conn.originalMss, this.config.mtu - 40) - (s.tsOk ? 12 : 0));
+    const send = (from: number, to: number) => {
+      for (let off = from; off < to; off += maxPayload) {
+        const end = Math.min(to, off + maxPayload);
+        this.outbox.send(
+          this.toClient(conn, toSeq(off, isn), end === to ? PSH : 0, s.reply.read(off, end)),
+          "client",
+        );
+      }
+    };
+    if (resend !== undefined && resend < conn.sentToClient) {
+      const from = Math.max(resend, s.reply.base, conn.clientAckOffset);
+      const to = Math.min(resend + resendLength, conn.sentToClient);
+      if (to > from) send(from, to);
+    }
+    const from = Math.max(conn.sentToClient, s.reply.base);
+    if (verified > from) {
+      send(from, verified);
+      conn.sentToClient = verified;
+    }
+    let acked = false;
+    if (
+      s.replicaFinOffset !== undefined &&
+      conn.sentToClient === s.replicaFinOffset &&
+      !conn.spliceFinSent &&
+      (conn.spliceFinReleased || survivor(conn, s) === undefined)
+    ) {
+      conn.spliceFinSent = true;
+      this.outbox.send(this.toClient(conn, toSeq(s.replicaFinOffset, isn), FIN), "client");
+      acked = true;
+    }
+    if (!acked && Math.max(0, s.sndUna) > conn.ackToClient && verified <= from) {
+      this.outbox.send(this.toClient(conn, toSeq(conn.sentToClient, isn), 0), "client");
+    }
+    conn.ackToClient = Math.max(conn.ackToClient, Math.max(0, s.sndUna));
+  }
+
+  /** Resets the client's connection: at what it acknowledged and at what it may have received. */
+  resetClient(conn: ReplicatedConnection): void {
+    if (conn.originalIsn === undefined) return;
+    conn.resetting = true;
+    const at = new Set([conn.clientAckOffset, conn.original.end, conn.sentToClient]);
+    for (const off of at) this.outbox.send(this.toClient(conn, toSeq(off, conn.originalIsn), RST), "client");
+  }
+}
