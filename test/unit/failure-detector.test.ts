@@ -1,0 +1,355 @@
+// FailureDetector (src/replica/failure/detector.ts), what a probe's answer means: alive explains
+// older evidence; one silent periodic probe of a replica is asked again patiently and removes
+// nothing; a refusal removes a replica; a dead answer about the original waits for the capture
+// channels (or CATCH_UP_MS) before the failure is signalled; during a planned hold it is no verdict.
+import t from "tap";
+import { CATCH_UP_MS, FailureDetector } from "../../src/replica/failure/detector.js";
+import type { Verdict } from "../../src/replica/failure/evidence.js";
+import { CANDIDATE, PERIODIC } from "../../src/replica/failure/probes.js";
+import type { ShadowConversation } from "../../src/replica/shadow.js";
+import type { EngineConfig, EngineEvent, EngineOutput } from "../../src/replica/types.js";
+import { ACK, RST } from "../../src/wire/tcp.js";
+import {
+  CPORT,
+  EngineParts,
+  ORIGINAL,
+  R1,
+  capturePacket,
+  earliest,
+  failureConfig,
+  fromService,
+  openConnection,
+  openShadow,
+} from "../engine-parts.js";
+
+type ProbeOutput = Extract<EngineOutput, { type: "probe" }>;
+
+/** The detector with the engine's parts around it; the actions do what the engine's do. */
+class World extends EngineParts {
+  readonly detector: FailureDetector;
+  readonly removed: string[] = [];
+  readonly promotions: Array<[string, number]> = [];
+  original = ORIGINAL;
+  /** Every event seen so far (drain() collects them). */
+  readonly seen: EngineEvent[] = [];
+
+  constructor(failure: Partial<EngineConfig["failure"]> = {}, replicas = ["r1"]) {
+    super({ config: { failure: failureConfig({ probes: true, ...failure }) }, replicas });
+    this.detector = new FailureDetector(
+      this.cfg,
+      this.clock,
+      this.table,
+      this.replicas,
+      this.outbox,
+      () => this.original,
+      {
+        promote: (id, now) => {
+          // As ReplicationEngine.promote does (the splice aside).
+          this.promotions.push([id, now]);
+          this.replicas.promote(id);
+          this.detector.promoted();
+          this.original = this.replicas.get(id)!.info.address;
+        },
+        removeReplica: (id) => {
+          // As ReplicationEngine.removeReplica does (the shadows aside).
+          this.removed.push(id);
+          this.detector.replicaRemoved(id);
+          this.replicas.remove(id);
+        },
+        releaseSplicedFin: () => undefined,
+      },
+    );
+  }
+
+  drain(): { probes: ProbeOutput[]; events: EngineEvent[] } {
+    const probes: ProbeOutput[] = [];
+    const events: EngineEvent[] = [];
+    for (const o of this.outbox.drain()) {
+      if (o.type === "probe") probes.push(o);
+      else if (o.type === "event") events.push(o.event);
+    }
+    this.seen.push(...events);
+    return { probes, events };
+  }
+
+  endTick(now: number, suspect?: Verdict): number | undefined {
+    return earliest((want) =>
+      this.detector.endTick(now, this.detector.holding(now), undefined, suspect, want),
+    ).next;
+  }
+
+  settle(now: number): number | undefined {
+    return earliest((want) => this.detector.settle(now, want)).next;
+  }
+
+  /** A captured packet on `channel`, captured at `ms` (µs on the capture clock). */
+  captured(channel: string, ms: number, now = ms): void {
+    capturePacket(this.clock, channel, ms * 1000, now);
+  }
+
+  /** Evidence against the original, as a tick's inspection would report it. */
+  suspectOriginal(
+    now: number,
+    reason = "the original closed a connection its replicas keep open",
+  ): ProbeOutput {
+    this.endTick(now, { verdict: "suspect", reason, conn: openConnection(), afterMs: 2 });
+    const p = this.drain().probes.find((x) => x.target === "original");
+    if (!p) throw new Error("the original was not probed");
+    return p;
+  }
+
+  shadow(id: string): ShadowConversation {
+    return openShadow(id);
+  }
+
+  failures(): EngineEvent[] {
+    return this.seen.filter((e) => e.type === "original-failure");
+  }
+}
+
+t.test("alive clears the suspicion of a replica whose evidence predates the probe", async (t) => {
+  const w = new World({}, ["r1", "r2"]);
+  w.replicas.get("r1")!.lastSrttMs = 1;
+  w.replicas.get("r2")!.lastSrttMs = 5;
+  t.equal(w.detector.election.bestReplica(), "r1", "control: r1 has the lower SRTT");
+  w.detector.suspectReplica(w.shadow("r1"), 10, "stall", "stopped acknowledging");
+  t.equal(w.detector.election.bestReplica(), "r2", "suspected: r2 is preferred");
+  w.endTick(10);
+  const [p] = w.drain().probes;
+  t.match(p, { target: "r1", reason: "replica r1 stopped acknowledging", timeoutMs: 5 });
+  w.detector.probeResult(p!.id, true, 12);
+  t.match(w.drain().events, [{ type: "probe-result", target: "r1", alive: true, afterMs: 2 }]);
+  t.equal(w.detector.election.bestReplica(), "r1", "explained: trusted again");
+  t.equal(w.detector.probes.aliveSince("r1"), 10);
+  w.endTick(100);
+  t.same(w.drain().probes, [], "not probed again");
+  t.same(w.removed, []);
+});
+
+t.test("evidence newer than the alive probe keeps the suspicion (re-armed)", async (t) => {
+  const w = new World({}, ["r1", "r2"]);
+  w.replicas.get("r1")!.lastSrttMs = 1;
+  w.replicas.get("r2")!.lastSrttMs = 5;
+  w.detector.suspectReplica(w.shadow("r1"), 10, "stall", "stopped acknowledging");
+  w.endTick(10);
+  const [p] = w.drain().probes;
+  w.detector.suspectReplica(w.shadow("r1"), 11, "rst", "reset a connection"); // after the probe
+  w.detector.probeResult(p!.id, true, 12);
+  t.equal(w.detector.election.bestReplica(), "r2", "still suspected");
+  w.endTick(30); // the evidence probe rate limit (20 ms since 10) has passed
+  t.match(w.drain().probes, [{ target: "r1", reason: "replica r1 stopped acknowledging" }], "asked again");
+});
+
+t.test("a first silent periodic probe of a replica is asked again patiently; nothing removed", async (t) => {
+  const w = new World({ probeIntervalMs: 500 });
+  w.endTick(0);
+  const first = w.drain().probes;
+  t.same(
+    first.map((p) => [p.target, p.reason, p.timeoutMs]),
+    [
+      ["original", PERIODIC, 20],
+      ["r1", `replica r1: ${PERIODIC}`, 20],
+    ],
+    "periodic probes of every backend, 4 × the probe timeout",
+  );
+  const periodic = first[1]!;
+  w.detector.probeResult(periodic.id, false, 20, "timeout");
+  const { probes: again, events } = w.drain();
+  t.match(events, [{ type: "probe-result", target: "r1", alive: false }]);
+  t.equal(again.length, 1, "asked again at once");
+  t.match(again[0], { target: "r1", address: R1, periodic: true });
+  t.equal(again[0]!.reason, `replica r1: ${PERIODIC} unanswered`);
+  // A lost SYN is retransmitted after 1 s: the patient deadline covers it.
+  t.ok(again[0]!.timeoutMs >= 1500, `patient deadline ${again[0]!.timeoutMs} ms >= 1500`);
+  t.same(w.removed, [], "silence once removes nothing");
+  t.ok(w.replicas.has("r1"));
+  t.same(w.detector.probes.counters, { sent: 3, alive: 0, dead: 0, unknown: 1 });
+
+  // Silent again: now it is a verdict.
+  w.detector.probeResult(again[0]!.id, false, 1600, "timeout");
+  t.same(w.removed, ["r1"], "silent twice: removed");
+  t.match(w.drain().events, [
+    { type: "probe-result", target: "r1" },
+    {
+      type: "replica-failure",
+      replica: "r1",
+      reason: /periodic probe unanswered; probe of its service port: timeout/,
+    },
+    { type: "no-replica-left" },
+  ]);
+  t.equal(w.detector.replicasFailed, 1);
+});
+
+t.test("the patient deadline of a slow replica is 4 × its own", async (t) => {
+  const w = new World({ probeIntervalMs: 500 });
+  w.replicas.get("r1")!.lastSrttMs = 200; // timeout 4 × max(5, 4 × 200) = 3200
+  w.endTick(0);
+  const p = w.drain().probes.find((x) => x.target === "r1")!;
+  t.equal(p.timeoutMs, 3200);
+  w.detector.probeResult(p.id, false, 3200, "timeout");
+  t.equal(w.drain().probes[0]?.timeoutMs, 12_800);
+});
+
+t.test("a refusal (ECONNREFUSED) of a replica removes it at once", async (t) => {
+  const w = new World({ probeIntervalMs: 500 }, ["r1", "r2"]);
+  w.endTick(0);
+  const p = w.drain().probes.find((x) => x.target === "r1")!;
+  w.detector.probeResult(p.id, false, 1, "ECONNREFUSED");
+  t.same(w.removed, ["r1"], "via actions.removeReplica");
+  t.notOk(w.replicas.has("r1"));
+  const { events, probes } = w.drain();
+  t.match(events, [
+    { type: "probe-result", target: "r1", alive: false },
+    { type: "replica-failure", replica: "r1", reason: /ECONNREFUSED/ },
+  ]);
+  t.equal(events.length, 2, "r2 is left: no no-replica-left");
+  t.same(probes, [], "no second try: the kernel said nothing listens");
+  t.equal(w.detector.replicasFailed, 1);
+  t.same(w.detector.probes.counters, { sent: 3, alive: 0, dead: 1, unknown: 0 });
+});
+
+t.test(
+  "a dead answer about the original waits for every capture channel to pass its send time",
+  async (t) => {
+    const w = new World({ autoFailover: false });
+    w.captured("client", 1000);
+    w.captured("backend", 1000);
+    const p = w.suspectOriginal(1000);
+    t.equal(p.timeoutMs, 5);
+    const sentUs = 1_000_500;
+    w.detector.probeResult(p.id, false, 1003, "ECONNREFUSED", sentUs);
+    t.same(w.failures(), [], "a channel may still carry something captured before the probe");
+    t.equal(w.detector.probes.dying().has("original"), true);
+    t.equal(w.settle(1003), 1004, "looked at again every ms");
+    w.captured("client", 1001, 1004);
+    w.settle(1004);
+    w.drain();
+    t.same(w.failures(), [], "one channel passed, the other has not");
+    w.captured("backend", 1000.5, 1005); // exactly the send time: everything before it is in
+    w.settle(1005);
+    w.drain();
+    t.match(w.failures(), [
+      {
+        type: "original-failure",
+        reason:
+          "the original closed a connection its replicas keep open; probe of its service port: ECONNREFUSED",
+        conn: "",
+        afterMs: 5,
+      },
+    ]);
+    t.ok(w.detector.election.failureSignaled);
+    t.equal(w.detector.probes.deadVerdicts.length, 0);
+  },
+);
+
+t.test("a dead answer about the original acts after CATCH_UP_MS if a channel stays behind", async (t) => {
+  const w = new World({ autoFailover: false });
+  w.captured("client", 1000);
+  w.captured("backend", 1000);
+  const p = w.suspectOriginal(1000);
+  w.detector.probeResult(p.id, false, 1002, "timeout", 1_001_000);
+  t.equal(w.settle(1002 + CATCH_UP_MS - 1), 1002 + CATCH_UP_MS, "want: never past the deadline");
+  w.drain();
+  t.same(w.failures(), []);
+  w.settle(1002 + CATCH_UP_MS);
+  w.drain();
+  t.match(w.failures(), [{ type: "original-failure", reason: /probe of its service port: timeout/ }]);
+});
+
+t.test("with autoFailover, the candidate probed with the original is promoted on the verdict", async (t) => {
+  const w = new World({ autoFailover: true });
+  w.captured("client", 1000);
+  w.captured("backend", 1000);
+  w.endTick(1000, {
+    verdict: "suspect",
+    reason: "the original stopped acknowledging the client's bytes",
+    conn: openConnection(),
+    afterMs: 3,
+  });
+  const { probes } = w.drain();
+  t.same(
+    probes.map((p) => [p.target, p.reason]),
+    [
+      ["original", "the original stopped acknowledging the client's bytes"],
+      ["r1", `replica r1: ${CANDIDATE}`],
+    ],
+    "the original and, at the same moment, its successor",
+  );
+  w.detector.probeResult(probes[1]!.id, true, 1001);
+  t.same(w.promotions, [], "an alive candidate alone promotes nothing");
+  w.detector.probeResult(probes[0]!.id, false, 1002, "ECONNREFUSED", 1_000_000);
+  t.same(w.promotions, [["r1", 1002]], "its answer was there already: promoted on the verdict");
+});
+
+t.test(
+  "a silent probe of the original with evidence is a verdict; a periodic one is asked again",
+  async (t) => {
+    const w = new World({ probeIntervalMs: 500, autoFailover: false });
+    w.endTick(0);
+    const periodic = w.drain().probes.find((p) => p.target === "original")!;
+    w.detector.probeResult(periodic.id, false, 20, "timeout");
+    const again = w.drain().probes;
+    t.match(again, [{ target: "original", reason: `${PERIODIC} unanswered`, timeoutMs: 20, periodic: true }]);
+    t.same(w.failures(), [], "one unanswered periodic probe is no failure");
+    w.detector.probeResult(again[0]!.id, false, 40, "timeout");
+    w.drain();
+    t.equal(w.failures().length, 1, "silent twice: failed");
+
+    const e = new World({ autoFailover: false });
+    const p = e.suspectOriginal(0);
+    e.detector.probeResult(p.id, false, 5, "timeout");
+    e.drain();
+    t.equal(e.failures().length, 1, "with evidence, silence within the deadline is a verdict at once");
+  },
+);
+
+t.test("a dead answer about the original during a planned hold is no verdict", async (t) => {
+  const w = new World({ autoFailover: false });
+  const before = w.suspectOriginal(0); // asked just before the pause
+  w.detector.holdOriginal(100, 1);
+  w.detector.probeResult(before.id, false, 2, "ECONNREFUSED");
+  w.drain();
+  t.same(w.failures(), [], "the original is paused on purpose");
+  t.equal(w.detector.probes.counters.unknown, 1, "counted as no verdict");
+  t.notOk(w.detector.election.failureSignaled);
+  t.equal(w.detector.probes.deadVerdicts.length, 0, "and forgotten");
+
+  // A refusal during the hold is probed; its dead answer arrives after the release.
+  w.detector.originalRefused(fromService(CPORT, { flags: RST | ACK }), 50);
+  const during = w.drain().probes.find((p) => p.target === "original")!;
+  t.ok(during, "probed during the hold");
+  w.detector.releaseHold(60);
+  w.detector.probeResult(during.id, false, 70, "ECONNREFUSED");
+  w.drain();
+  t.same(w.failures(), [], "asked while the original was paused: still no verdict");
+  t.equal(w.detector.probes.counters.unknown, 2);
+
+  // Control: asked after the hold, the same answer is a verdict.
+  const after = w.suspectOriginal(80);
+  w.detector.probeResult(after.id, false, 81, "ECONNREFUSED");
+  w.drain();
+  t.equal(w.failures().length, 1, "after the hold a dead answer is a failure");
+});
+
+t.test("no evidence probe of the original while it is on hold", async (t) => {
+  const w = new World({ autoFailover: false, probeIntervalMs: 500 });
+  w.detector.holdOriginal(100, 0);
+  const next = w.endTick(10, {
+    verdict: "suspect",
+    reason: "the original stopped acknowledging the client's bytes",
+    conn: openConnection(),
+    afterMs: 3,
+  });
+  t.same(
+    w.drain().probes.map((p) => p.target),
+    ["r1"],
+    "evidence and the periodic probe of the original wait; replicas are still probed",
+  );
+  t.equal(next, 100, "want: the end of the hold");
+  w.endTick(100);
+  t.same(
+    w.drain().probes.map((p) => [p.target, p.reason]),
+    [["original", PERIODIC]],
+    "the periodic probe once the hold ended",
+  );
+});
