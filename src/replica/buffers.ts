@@ -2,7 +2,8 @@
 // shadow's replica acknowledged them; the original's reply bytes until every comparing shadow
 // compared them (minus a little context a tolerance needs); a replica's reply bytes until compared
 // and acknowledged to it (a splice may still need them). Account() keeps the engine's and each
-// replica's totals, which the limits (limits.ts) are checked against.
+// replica's totals, which the limits (limits.ts) are checked against. Every release accounts at
+// once: a total that lags what is really held would let memory pass its limit unnoticed.
 import { assert } from "./assert.js";
 import type { ReplicatedConnection } from "./connection.js";
 import type { ReplicaSet } from "./replica-set.js";
@@ -23,6 +24,7 @@ export class Buffers {
     let min = conn.client.end;
     for (const s of conn.shadows.values()) if (s.live) min = Math.min(min, Math.max(0, s.sndUna));
     conn.client.release(min);
+    this.account(conn);
   }
 
   /** The original's bytes every comparing shadow compared are released (but the context). */
@@ -31,6 +33,7 @@ export class Buffers {
     for (const s of conn.shadows.values()) if (s.comparing) min = Math.min(min, s.compared);
     // A few compared bytes stay: a Date value split across segments needs its line's start.
     conn.original.release(min - this.keepContext);
+    this.account(conn);
   }
 
   /** Reply bytes are kept until compared (or no longer compared) and acknowledged to the replica,

@@ -436,6 +436,7 @@ export class ReplicationEngine {
       );
     }
     assert(total === this.buffers.total, () => `buffers: accounted ${this.buffers.total}, held ${total}`);
+    assert(total <= L.globalBytes, () => `limits: the engine holds ${total} bytes, global limit ${L.globalBytes}`);
     for (const r of this.replicas.values())
       assert(
         r.buffered === (perReplica.get(r.info.id) ?? 0),

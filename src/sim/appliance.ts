@@ -1,0 +1,329 @@
+// The appliance as the simulator sees it: the kernel path (conntrack, DNAT to the original, SNAT
+// to the appliance's address, the nft rules that hold the original's FIN/RST, drop the replicas'
+// replies and fence former originals), the two capture channels with their own batching, skew,
+// stalls and drops, the real ReplicationEngine on the simulated clock, its injected segments,
+// its probes (a real TCP handshake from the appliance's own stack) and its promotions (the
+// kernel path retargeted a few milliseconds later, as an nft transaction is).
+import { ACK, FIN, RST, SYN, buildSegment, parseSegment, type TcpSegment } from "../wire/tcp.js";
+import { ReplicationEngine } from "../replica/engine.js";
+import type { EngineConfig, EngineEvent } from "../replica/types.js";
+import { TcpHost } from "./host.js";
+import type { Rng } from "./rng.js";
+import type { Scheduler, Timer } from "./scheduler.js";
+
+interface Conntrack {
+  clientAddr: number;
+  clientPort: number;
+  backend: number;
+  natPort: number;
+  /** SYN_SENT until the backend answered: such entries are forgotten at a retarget. */
+  answered: boolean;
+}
+
+export interface CaptureTuning {
+  /** Delay from capture to the engine, µs (batching in the helper and the pipe). */
+  batchUs: [number, number];
+  /** Probability that a captured packet never reaches the engine (a full ring). */
+  drop: number;
+}
+
+export interface ApplianceStats {
+  kernelForwarded: number;
+  kernelDropped: Record<string, number>;
+  captured: Record<"client" | "backend", number>;
+  captureDropped: Record<"client" | "backend", number>;
+  injected: number;
+  probes: number;
+}
+
+type Channel = "client" | "backend";
+
+/** Where a segment toward the client came from (checked: FIN/RST only from the engine). */
+export type ClientVia = "kernel" | "engine";
+
+export class Appliance {
+  readonly engine: ReplicationEngine;
+  readonly events: Array<{ at: number; event: EngineEvent }> = [];
+  readonly stats: ApplianceStats = {
+    kernelForwarded: 0,
+    kernelDropped: {},
+    captured: { client: 0, backend: 0 },
+    captureDropped: { client: 0, backend: 0 },
+    injected: 0,
+    probes: 0,
+  };
+  /** The kernel path's original (DNAT target, the hold rule's address). */
+  private original: number;
+  private readonly fenced = new Set<number>();
+  private readonly conntrack = new Map<string, Conntrack>();
+  private readonly byNat = new Map<string, Conntrack>();
+  /** The appliance's own stack (probes), on the SNAT address. */
+  readonly local: TcpHost;
+  private readonly queues: Record<Channel, Array<{ bytes: Uint8Array; us: number }>> = {
+    client: [],
+    backend: [],
+  };
+  private readonly deliveries: Record<Channel, Timer | undefined> = { client: undefined, backend: undefined };
+  /** Until when each capture channel delivers nothing (a stalled helper, a paused channel). */
+  readonly channelStall: Record<Channel, number> = { client: 0, backend: 0 };
+  /** Until when the engine's event loop runs nothing (a GC pause, a busy loop). */
+  engineStallUntil = 0;
+  private tickTimer: { timer: Timer; at: number } | undefined;
+  /** Called after every engine call (the simulator checks invariants there). */
+  afterEngine: () => void = () => undefined;
+  /** Outputs toward the client, with how they got there. */
+  onClientSegment: (seg: TcpSegment, via: ClientVia) => void = () => undefined;
+
+  constructor(
+    readonly config: EngineConfig,
+    private readonly sched: Scheduler,
+    private readonly rng: Rng,
+    readonly capture: CaptureTuning,
+    /** Sends a segment out on the link toward its destination address. */
+    private readonly route: (seg: TcpSegment) => void,
+  ) {
+    this.engine = new ReplicationEngine(config);
+    this.original = config.original;
+    this.local = new TcpHost(
+      "appliance",
+      config.snatAddress,
+      sched,
+      rng.fork(),
+      (seg) => this.fromLocal(seg),
+      { rcvBuf: 65536, sndBuf: 65536, offer: { sack: true, timestamps: true, wscale: true } },
+      40000,
+    );
+  }
+
+  addReplica(id: string, address: number): void {
+    this.engine.addReplica({ id, address });
+    this.drain();
+  }
+
+  /** The engine's clock: the simulator's, in ms. */
+  private get now(): number {
+    return this.sched.nowMs;
+  }
+
+  // ------------------------------------------------------------------ the kernel path
+
+  private drop(why: string): void {
+    this.stats.kernelDropped[why] = (this.stats.kernelDropped[why] ?? 0) + 1;
+  }
+
+  /** A segment from the client side (to the VIP). */
+  fromClient(seg: TcpSegment): void {
+    const c = this.config;
+    if (seg.dst !== c.vip || seg.dstPort !== c.port) return this.drop("not-vip");
+    this.captureCopy("client", seg);
+    const key = `${seg.src}:${seg.srcPort}`;
+    let ct = this.conntrack.get(key);
+    if (!ct) {
+      if ((seg.flags & (SYN | ACK | RST)) !== SYN) return this.drop("no-conntrack");
+      ct = {
+        clientAddr: seg.src,
+        clientPort: seg.srcPort,
+        backend: this.original,
+        natPort: this.natPort(this.original, seg.srcPort),
+        answered: false,
+      };
+      this.conntrack.set(key, ct);
+      this.byNat.set(`${ct.backend}:${ct.natPort}`, ct);
+    }
+    if (this.fenced.has(ct.backend)) return this.drop("fenced");
+    const out: TcpSegment = {
+      ...seg,
+      src: c.snatAddress,
+      srcPort: ct.natPort,
+      dst: ct.backend,
+      ttl: seg.ttl - 1,
+    };
+    // The NATed SYN leaves on the backend side; the client channel's filter takes it.
+    if ((seg.flags & (SYN | ACK)) === SYN) this.captureCopy("client", out);
+    this.stats.kernelForwarded++;
+    this.route(out);
+  }
+
+  /** Linux keeps the client's port unless that tuple is taken toward the backend. */
+  private natPort(backend: number, want: number): number {
+    let p = want;
+    while (this.byNat.has(`${backend}:${p}`) || this.local.hasSocket(p, backend, this.config.port))
+      p = p >= 65535 ? 1024 : p + 1;
+    return p;
+  }
+
+  /** A segment from the backend side (a backend's or a replica's). */
+  fromBackend(seg: TcpSegment): void {
+    const c = this.config;
+    if (seg.dst === c.replicationAddress) {
+      if (seg.srcPort === c.port) this.captureCopy(seg.flags & SYN ? "client" : "backend", seg);
+      return this.drop("replica-replies-to-engine"); // raw prerouting drop
+    }
+    if (seg.dst !== c.snatAddress) return this.drop("not-ours");
+    if (seg.srcPort === c.port) this.captureCopy("backend", seg);
+    const ct = this.byNat.get(`${seg.src}:${seg.dstPort}`);
+    if (!ct || seg.srcPort !== c.port) {
+      this.local.input(seg); // the appliance's own connections (probes)
+      return;
+    }
+    if (this.fenced.has(seg.src)) return this.drop("fenced");
+    if (seg.src === this.original && seg.flags & (FIN | RST)) return this.drop("original-close-held");
+    if (seg.flags & SYN && seg.flags & ACK) ct.answered = true;
+    const out: TcpSegment = {
+      ...seg,
+      src: c.vip,
+      srcPort: c.port,
+      dst: ct.clientAddr,
+      dstPort: ct.clientPort,
+      ttl: seg.ttl - 1,
+    };
+    this.stats.kernelForwarded++;
+    this.onClientSegment(out, "kernel");
+    this.route(out);
+  }
+
+  /** The appliance's own stack sends (probes): out the backend side, seen by the capture. */
+  private fromLocal(seg: TcpSegment): void {
+    if ((seg.flags & (SYN | ACK)) === SYN && seg.dstPort === this.config.port)
+      this.captureCopy("client", seg);
+    this.route(seg);
+  }
+
+  /** New connections go to `original`; `previous` is fenced; its unanswered SYNs forgotten. */
+  private retarget(original: number, previous: number): void {
+    this.fenced.add(previous);
+    this.fenced.delete(original);
+    this.original = original;
+    for (const [k, ct] of this.conntrack) {
+      if (ct.backend === previous && !ct.answered) {
+        this.conntrack.delete(k);
+        this.byNat.delete(`${ct.backend}:${ct.natPort}`);
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------ capture
+
+  private captureCopy(channel: Channel, seg: TcpSegment): void {
+    this.stats.captured[channel]++;
+    if (this.rng.chance(this.capture.drop)) {
+      this.stats.captureDropped[channel]++;
+      return;
+    }
+    const q = this.queues[channel];
+    q.push({ bytes: buildSegment(seg), us: this.sched.now });
+    if (!this.deliveries[channel]) {
+      const [lo, hi] = this.capture.batchUs;
+      this.deliveries[channel] = this.sched.after(lo + this.rng.float() * (hi - lo), () =>
+        this.deliver(channel),
+      );
+    }
+  }
+
+  /** A batch of one channel reaches the engine (later if the channel or the engine stalls). */
+  private deliver(channel: Channel): void {
+    const stalled = Math.max(this.channelStall[channel], this.engineStallUntil);
+    if (stalled > this.sched.now) {
+      this.deliveries[channel] = this.sched.at(stalled, () => this.deliver(channel));
+      return;
+    }
+    this.deliveries[channel] = undefined;
+    const q = this.queues[channel];
+    // A read returns what the pipe holds, sometimes cut short: the rest comes with the next one.
+    const n = this.rng.chance(0.2) ? this.rng.int(1, q.length) : q.length;
+    const batch = q.splice(0, n);
+    for (const p of batch) {
+      const r = parseSegment(p.bytes, { verifyChecksums: true });
+      if (!r.ok) throw new Error(`capture: a captured packet did not parse: ${r.reason}`);
+      this.engine.onSegment(r.segment, this.now, { channel, timeUs: p.us });
+      this.afterEngine();
+    }
+    this.engine.flush(this.now);
+    this.afterEngine();
+    this.drain();
+    if (q.length > 0)
+      this.deliveries[channel] = this.sched.after(this.rng.int(1, 50), () => this.deliver(channel));
+  }
+
+  // ------------------------------------------------------------------ the engine's outputs
+
+  /** Takes the engine's outputs: sends, probes, promotions, events; schedules its timer. */
+  drain(): void {
+    for (const o of this.engine.drain()) {
+      if (o.type === "send") {
+        this.stats.injected++;
+        if (o.to === "client") this.onClientSegment(o.segment, "engine");
+        this.route(o.segment);
+      } else if (o.type === "event") {
+        this.events.push({ at: this.now, event: o.event });
+      } else if (o.type === "probe") {
+        this.probe(o.id, o.address, o.timeoutMs);
+      } else {
+        const { original, previous } = o;
+        // The nft transaction takes a few milliseconds; the old rules apply meanwhile.
+        this.sched.after(this.rng.int(500, 5000), () => this.retarget(original, previous));
+      }
+    }
+    this.scheduleTick(this.sched.now + this.rng.int(10, 100));
+  }
+
+  private scheduleTick(atUs: number): void {
+    if (this.tickTimer && this.tickTimer.at <= atUs) return;
+    if (this.tickTimer) this.tickTimer.timer.cancelled = true;
+    const timer = this.sched.at(atUs, () => this.tick());
+    this.tickTimer = { timer, at: atUs };
+  }
+
+  private tick(): void {
+    this.tickTimer = undefined;
+    if (this.engineStallUntil > this.sched.now) {
+      this.scheduleTick(this.engineStallUntil);
+      return;
+    }
+    const next = this.engine.tick(this.now);
+    this.afterEngine();
+    this.engine.flush(this.now);
+    this.afterEngine();
+    this.drain();
+    // setTimeout fires up to a millisecond late.
+    if (next !== undefined) this.scheduleTick(Math.max(next * 1000, this.sched.now) + this.rng.int(0, 1000));
+  }
+
+  /** A probe: a real handshake from the appliance, answered as probe.ts answers. */
+  private probe(id: number, address: number, timeoutMs: number): void {
+    this.stats.probes++;
+    const sentUs = this.sched.now;
+    let done = false;
+    const answer = (alive: boolean, why: string) => {
+      if (done) return;
+      done = true;
+      timer.cancelled = true;
+      if (alive) sock.abort();
+      else if (sock.state !== "CLOSED") sock.terminate("closed");
+      // The answer is handled by the event loop a little later (or after a stall).
+      const at = Math.max(this.sched.now + this.rng.int(20, 200), this.engineStallUntil);
+      this.sched.at(at, () => {
+        this.engine.probeResult(id, alive, this.now, why, sentUs);
+        this.afterEngine();
+        this.drain();
+      });
+    };
+    const sock = this.local.connect(
+      address,
+      this.config.port,
+      {
+        connected: () => answer(true, "connected"),
+        error: (why) => answer(false, why === "refused" || why === "reset" ? "ECONNREFUSED" : "ETIMEDOUT"),
+      },
+      (p) => this.byNat.has(`${address}:${p}`),
+    );
+    const timer = this.sched.after(timeoutMs * 1000, () => answer(false, "no answer to the handshake"));
+  }
+
+  /** An external promotion (an operator's switchover, a hypervisor's failure signal). */
+  promote(id: string): void {
+    this.engine.promote(id, this.now);
+    this.afterEngine();
+    this.drain();
+  }
+}
