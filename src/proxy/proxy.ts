@@ -257,26 +257,35 @@ export class Proxy {
   }
 
   /**
-   * Connections whose SYN went to the old original just before the fence and got no answer keep
-   * their conntrack entry: every SYN retransmission would follow it to the fenced host and the
-   * client would hang. Deleting those entries (unanswered SYNs only: established connections are
-   * the engine's, spliced or reset) sends the retransmission through DNAT to the new original.
+   * Connections whose SYN went to the old original just before the fence and did not complete
+   * keep their conntrack entry: every SYN retransmission would follow it to the fenced host and
+   * the client would hang. That is SYN_SENT (no answer yet) and also SYN_RECV (the original's
+   * SYN-ACK passed but was lost before the client: found by the simulator, seed 19, where the
+   * client retried for two minutes). Deleting those entries (established connections are the
+   * engine's, spliced or reset) sends the retransmission through DNAT to the new original.
    * Returns how many were deleted.
    */
   private async forgetHalfOpen(previous: string): Promise<number | null> {
-    const argv = ["conntrack", "-D", "-p", "tcp", "--reply-src", previous, "--state", "SYN_SENT"];
-    try {
-      const r = await runStatus(argv);
-      const m = /(\d+) flow entries have been deleted/.exec(r.stderr + r.stdout);
-      if (m) return Number(m[1]);
-      this.log.warn(
-        { output: (r.stderr || r.stdout).trim() },
-        "conntrack -D failed: half-open connections may hang",
-      );
-    } catch (e) {
-      this.log.warn({ err: String(e) }, "conntrack -D failed: half-open connections may hang");
+    let total = 0;
+    for (const state of ["SYN_SENT", "SYN_RECV"]) {
+      const argv = ["conntrack", "-D", "-p", "tcp", "--reply-src", previous, "--state", state];
+      try {
+        const r = await runStatus(argv);
+        const m = /(\d+) flow entries have been deleted/.exec(r.stderr + r.stdout);
+        if (!m) {
+          this.log.warn(
+            { output: (r.stderr || r.stdout).trim(), state },
+            "conntrack -D failed: half-open connections may hang",
+          );
+          return null;
+        }
+        total += Number(m[1]);
+      } catch (e) {
+        this.log.warn({ err: String(e), state }, "conntrack -D failed: half-open connections may hang");
+        return null;
+      }
     }
-    return null;
+    return total;
   }
 
   private kernelPathConfig(): KernelPathConfig {

@@ -12,6 +12,14 @@ import { copyOptions } from "./offsets.js";
 export const MAX_UNBOUND = 16_384;
 /** NATed SYNs remembered before their client's SYN was seen, at most. */
 export const MAX_PENDING_NAT = 1024;
+/** Connections the table refused (full) whose closes are still passed on, at most. */
+export const MAX_PASSTHROUGH = 65_536;
+
+/** A client's address and port. */
+export interface ClientEnd {
+  addr: number;
+  port: number;
+}
 
 export function connectionKey(clientAddr: number, clientPort: number): number {
   return clientAddr * 65536 + clientPort;
@@ -26,6 +34,16 @@ export class ConnectionTable {
   private unboundCount = 0;
   /** NATed SYNs seen before the client's SYN: client ISN -> NAT port. */
   private readonly pendingNat = new Map<number, number>();
+  /**
+   * Connections refused because the table was full, by NAT port: the kernel path holds the
+   * original's FIN and RST of every connection, so the engine must still pass theirs on (found by
+   * the simulator: a refused connection hung at its close). Client ISN -> client until the NATed
+   * SYN names the port. Both bounded; the oldest entry goes first (counted).
+   */
+  private readonly passthrough = new Map<number, ClientEnd>();
+  private readonly refused = new Map<number, ClientEnd>();
+  /** Refused connections forgotten at the bound: their closes can no longer be passed on. */
+  passthroughEvicted = 0;
   private nextPort: number;
   /** Segments that belong to no conversation the engine follows, in all and by reason. */
   unmatched = 0;
@@ -91,6 +109,12 @@ export class ConnectionTable {
         return { conn, replay: this.bindNat(conn, seg.srcPort) };
       }
     }
+    const refused = this.refused.get(seg.seq);
+    if (refused) {
+      this.refused.delete(seg.seq);
+      this.passThrough(seg.srcPort, refused);
+      return undefined;
+    }
     // Bounded; the oldest entry goes first. SYNs from the appliance's own address that are not the
     // kernel path's (its probes) land here too and must not push out a real binding all at once.
     if (this.pendingNat.size >= MAX_PENDING_NAT) this.pendingNat.delete(this.pendingNat.keys().next().value!);
@@ -98,7 +122,41 @@ export class ConnectionTable {
     return undefined;
   }
 
+  /** A connection the table is too full to track: only its closes will be passed on. */
+  refuse(clientIsn: number, client: ClientEnd): void {
+    const nat = this.pendingNat.get(clientIsn);
+    if (nat !== undefined) {
+      this.pendingNat.delete(clientIsn);
+      this.passThrough(nat, client);
+      return;
+    }
+    if (this.refused.size >= MAX_PASSTHROUGH) {
+      this.refused.delete(this.refused.keys().next().value!);
+      this.passthroughEvicted++;
+    }
+    this.refused.set(clientIsn, client);
+  }
+
+  private passThrough(natPort: number, client: ClientEnd): void {
+    this.passthrough.delete(natPort);
+    if (this.passthrough.size >= MAX_PASSTHROUGH) {
+      this.passthrough.delete(this.passthrough.keys().next().value!);
+      this.passthroughEvicted++;
+    }
+    this.passthrough.set(natPort, client);
+  }
+
+  /** The client of a refused connection with this NAT port, if any. */
+  passedThrough(natPort: number): ClientEnd | undefined {
+    return this.passthrough.get(natPort);
+  }
+
+  get passthroughTracked(): number {
+    return this.passthrough.size + this.refused.size;
+  }
+
   private bindNat(conn: ReplicatedConnection, port: number): Array<{ seg: TcpSegment; at: number }> {
+    this.passthrough.delete(port); // the port is a tracked connection's now
     const old = this.byNatPort.get(port);
     if (old && old !== conn) old.natPort = undefined;
     conn.natPort = port;

@@ -32,10 +32,10 @@ import { Buffers } from "./buffers.js";
 import { CaptureClock } from "./capture-clock.js";
 import { CaptureGaps } from "./capture-gaps.js";
 import { CloseHold } from "./close-hold.js";
-import { ConnectionTable, connectionKey } from "./connection-table.js";
+import { ConnectionTable, connectionKey, type ClientEnd } from "./connection-table.js";
 import { ReplicatedConnection } from "./connection.js";
 import { FailureDetector } from "./failure/detector.js";
-import type { Verdict } from "./failure/evidence.js";
+import { originalAnswered, type Verdict } from "./failure/evidence.js";
 import { Lifecycle } from "./lifecycle.js";
 import { Limits } from "./limits.js";
 import { copyOptions, toOffset } from "./offsets.js";
@@ -90,6 +90,7 @@ export class ReplicationEngine {
     opened: 0,
     notReplicated: 0,
     halfOpenExpired: 0,
+    closesPassedThrough: 0,
     clientBytes: 0,
     originalBytes: 0,
   };
@@ -274,6 +275,14 @@ export class ReplicationEngine {
         else if (f.verdict === "suspect") suspect ??= f;
       }
       this.closeHold.expire(conn, now, want);
+      const sp = conn.spliced;
+      if (sp && !sp.live && conn.phase === "open" && !conn.resetting && !endedNormally(sp)) {
+        // The shadow that serves the client was given up (bytes lost to capture, a limit, its
+        // replica stopped answering): nothing can continue the connection, so the client is told
+        // at once instead of waiting on a stream that will never come.
+        this.splicer.resetClient(conn);
+        this.lifecycle.resetShadows(conn, now);
+      }
       for (const s of conn.shadows.values()) {
         if (s.rtoDeadline === undefined) continue;
         if (now >= s.rtoDeadline) this.onRto(conn, s, now);
@@ -382,6 +391,8 @@ export class ReplicationEngine {
         closed: this.lifecycle.closed,
         notReplicated: k.notReplicated,
         halfOpenExpired: k.halfOpenExpired,
+        closesPassedThrough: k.closesPassedThrough,
+        passthroughEvicted: this.table.passthroughEvicted,
       },
       clientBytes: k.clientBytes,
       originalBytes: k.originalBytes,
@@ -436,7 +447,10 @@ export class ReplicationEngine {
       );
     }
     assert(total === this.buffers.total, () => `buffers: accounted ${this.buffers.total}, held ${total}`);
-    assert(total <= L.globalBytes, () => `limits: the engine holds ${total} bytes, global limit ${L.globalBytes}`);
+    assert(
+      total <= L.globalBytes,
+      () => `limits: the engine holds ${total} bytes, global limit ${L.globalBytes}`,
+    );
     for (const r of this.replicas.values())
       assert(
         r.buffered === (perReplica.get(r.info.id) ?? 0),
@@ -450,10 +464,12 @@ export class ReplicationEngine {
     const key = connectionKey(seg.src, seg.srcPort);
     let conn = this.table.get(key);
     if (seg.flags & SYN && !(seg.flags & ACK)) {
-      if (conn && conn.clientIsn === seg.seq) return; // retransmitted SYN
+      // A retransmitted SYN (but one that follows a reset: the client is still trying).
+      if (conn && conn.clientIsn === seg.seq && !conn.resetting) return;
       if (conn) this.lifecycle.abortConnection(conn); // the client reused its port: the old one is over
       if (this.table.size >= this.config.limits.maxConnections) {
         this.counters.notReplicated++;
+        this.table.refuse(seg.seq, { addr: seg.src, port: seg.srcPort });
         return;
       }
       conn = new ReplicatedConnection(
@@ -490,6 +506,11 @@ export class ReplicationEngine {
     const ts = findOption(seg.options, "timestamp");
     if (ts) {
       conn.lastClientTsval = ts.tsval;
+      // The client echoes the newest TSval of the original it accepted (its TS.Recent): a floor
+      // for what a splice must continue from, even when the capture missed the original's
+      // segments (PAWS would drop a replica's older TSvals, and the connection would hang).
+      if (!conn.spliced && !(seg.flags & SYN))
+        conn.lastOriginalTsval = newerTsval(conn.lastOriginalTsval, ts.tsecr);
       this.passiveRtt.clientTimestamps(conn, seg, ts, now);
     }
     const oldWindow = conn.lastClientWindow;
@@ -566,6 +587,15 @@ export class ReplicationEngine {
 
   private onOriginal(seg: TcpSegment, now: number): void {
     const conn = this.table.byNat(seg.dstPort);
+    const refused = conn ? undefined : this.table.passedThrough(seg.dstPort);
+    if (refused) {
+      // Not replicated (the table was full): its close goes on as the kernel path would send it.
+      if (seg.flags & (FIN | RST)) {
+        this.counters.closesPassedThrough++;
+        this.outbox.send(this.clientView(refused, seg), "client");
+      }
+      return;
+    }
     if (!conn) {
       // The NATed SYN that names this port travels on another capture channel and may not have
       // been handled yet: keep the segment a moment and replay it when the binding arrives.
@@ -578,7 +608,7 @@ export class ReplicationEngine {
     }
     this.detector.heardFromOriginal(seg.payload.length > 0, this.clock.seen(now));
     const ots = findOption(seg.options, "timestamp");
-    if (ots) conn.lastOriginalTsval = ots.tsval;
+    if (ots) conn.lastOriginalTsval = newerTsval(conn.lastOriginalTsval, ots.tsval);
     if (seg.flags & SYN) {
       if (seg.flags & ACK) {
         const ms = this.passiveRtt.originalSynAck(conn, now);
@@ -630,7 +660,7 @@ export class ReplicationEngine {
       if (conn.replyAheadSince !== undefined) {
         let ahead = false;
         for (const s of conn.shadows.values())
-          if (s.comparing && s.reply.end > conn.original.end) ahead = true;
+          if (s.comparing && s.reply.end > Math.max(conn.original.end, originalAnswered(conn))) ahead = true;
         if (!ahead) {
           // The original caught up with a replica that had answered first: how far it trails
           // when it does raises the unconfirmed-stall threshold. One sample is at most the
@@ -676,14 +706,18 @@ export class ReplicationEngine {
   }
 
   /** The original's segment as the kernel path would have delivered it to the client. */
-  private clientView(conn: ReplicatedConnection, seg: TcpSegment): TcpSegment {
+  private clientView(
+    conn: { clientAddr: number; clientPort: number } | ClientEnd,
+    seg: TcpSegment,
+  ): TcpSegment {
+    const to = "addr" in conn ? conn : { addr: conn.clientAddr, port: conn.clientPort };
     return {
       ...seg,
       ttl: Math.max(1, seg.ttl - 1),
       src: this.config.vip,
       srcPort: this.config.port,
-      dst: conn.clientAddr,
-      dstPort: conn.clientPort,
+      dst: to.addr,
+      dstPort: to.port,
       options: copyOptions(seg.options),
       ipOptions: Uint8Array.from(seg.ipOptions),
       payload: Uint8Array.from(seg.payload),
@@ -763,10 +797,17 @@ export class ReplicationEngine {
       }
     }
     // Failure-detection markers start when the evidence arrives, not at the next timer tick.
-    if (s.comparing && s.reply.end > conn.original.end) conn.replyAheadSince ??= now;
+    if (s.comparing && s.reply.end > Math.max(conn.original.end, originalAnswered(conn)))
+      conn.replyAheadSince ??= now;
     if (s.comparing && Math.max(0, s.sndUna) > conn.originalAckOffset) conn.ackBehindSince ??= now;
     if (conn.spliced === s)
-      this.splicer.forward(conn, s, seg.payload.length > 0 ? off : undefined, seg.payload.length);
+      this.splicer.forward(
+        conn,
+        s,
+        seg.payload.length > 0 ? off : undefined,
+        seg.payload.length,
+        (seg.flags & FIN) !== 0,
+      );
     this.lifecycle.maybeCloseShadow(conn, s);
     this.lifecycle.checkDone(conn, now);
     this.limits.enforce(conn);
@@ -812,4 +853,14 @@ export class ReplicationEngine {
     this.lifecycle.closeShadow(conn, s);
     this.buffers.account(conn);
   }
+}
+
+/** The later of two TSvals (modulo 2^32), either possibly unknown. */
+function newerTsval(a: number | undefined, b: number): number {
+  return a === undefined || seqDiff(b, a) > 0 ? b : a;
+}
+
+/** A shadow that ended with both FINs exchanged and acknowledged. */
+function endedNormally(s: ShadowConversation): boolean {
+  return s.finAcked && s.replicaFinOffset !== undefined && s.rcvAcked === s.replicaFinOffset + 1;
 }

@@ -25,6 +25,9 @@ export class Limits {
   enforce(conn: ReplicatedConnection): void {
     const L = this.limits;
     this.buffers.releaseClient(conn);
+    // Without a comparing shadow nothing needs the original's bytes (found by the simulator: a
+    // connection without replicas kept its whole reply stream, up to the per-connection limit).
+    this.buffers.releaseOriginal(conn);
     // Per connection: client bytes held for the slowest shadow.
     while (conn.client.footprint > L.perConnectionBytes) {
       const slow = this.slowest(conn, (s) => -Math.max(0, s.sndUna));
@@ -60,11 +63,26 @@ export class Limits {
       }
     }
     while (this.buffers.total > L.globalBytes) {
-      const victim = this.largestShadow(() => true);
+      // The original's bytes held for comparison are charged to no replica: when those are what
+      // is over the limit, the slowest comparison of the connection holding the most goes.
+      const victim = this.largestShadow(() => true) ?? this.slowestComparison();
       if (!victim) break;
       this.lifecycle.abandon(victim.conn, victim.shadow, "beyond the global limit");
       this.buffers.account(victim.conn);
     }
+  }
+
+  /** The comparing shadow furthest behind on the connection holding the most original bytes. */
+  private slowestComparison(): { conn: ReplicatedConnection; shadow: ShadowConversation } | undefined {
+    let best: { conn: ReplicatedConnection; shadow: ShadowConversation } | undefined;
+    for (const conn of this.table.values()) {
+      if (best && conn.original.footprint <= best.conn.original.footprint) continue;
+      let slow: ShadowConversation | undefined;
+      for (const s of conn.shadows.values())
+        if (s.comparing && (!slow || s.compared < slow.compared)) slow = s;
+      if (slow) best = { conn, shadow: slow };
+    }
+    return best;
   }
 
   private slowest(

@@ -61,7 +61,14 @@ export class Splicer {
     const report = { spliced: 0, reset: 0, dropped: 0 };
     for (const conn of [...this.table.values()]) {
       if (conn.phase !== "open") {
-        this.lifecycle.deleteConnection(conn);
+        if (conn.phase === "syn" && conn.originalIsn !== undefined && !conn.resetting) {
+          // Half-open for the engine, but the client may have completed its handshake (its ACK
+          // not captured yet): its later segments would go to the fenced original for good. A
+          // RST without ACK resets an established client and is dropped by one still in
+          // SYN-SENT (RFC 9293 3.10.7.3), whose SYN retransmission reaches the new original.
+          this.resetClient(conn);
+          this.lifecycle.markClosed(conn, now);
+        } else this.lifecycle.deleteConnection(conn);
         report.dropped++;
         continue;
       }
@@ -147,13 +154,15 @@ export class Splicer {
    * Sends the client the spliced replica's bytes it has not been sent, its FIN, and an ACK when
    * the replica acknowledged more of the client's bytes. Bytes at offsets the original had sent
    * go out only once compared equal; `resend` re-sends a range the replica retransmitted (the
-   * client missed it).
+   * client missed it), `finAgain` the FIN the replica retransmitted (the client has not
+   * acknowledged it: ours was lost).
    */
   forward(
     conn: ReplicatedConnection,
     s: ShadowConversation,
     resend: number | undefined,
     resendLength: number,
+    finAgain = false,
   ): void {
     const isn = conn.originalIsn!;
     if (s.status === "diverged") {
@@ -183,6 +192,14 @@ export class Splicer {
     }
     let acked = false;
     if (
+      finAgain &&
+      conn.spliceFinSent &&
+      s.replicaFinOffset !== undefined &&
+      conn.clientAckOffset <= s.replicaFinOffset
+    ) {
+      this.outbox.send(this.toClient(conn, toSeq(s.replicaFinOffset, isn), FIN), "client");
+      acked = true;
+    } else if (
       s.replicaFinOffset !== undefined &&
       conn.sentToClient === s.replicaFinOffset &&
       !conn.spliceFinSent &&

@@ -220,6 +220,10 @@ export interface EngineStats {
     closed: number;
     notReplicated: number;
     halfOpenExpired: number;
+    /** FIN/RST of connections not replicated (the table was full) passed on to their clients. */
+    closesPassedThrough: number;
+    /** Not-replicated connections forgotten at MAX_PASSTHROUGH: their closes stay held. */
+    passthroughEvicted: number;
   };
   clientBytes: number;
   originalBytes: number;

@@ -16,8 +16,9 @@ interface Conntrack {
   clientPort: number;
   backend: number;
   natPort: number;
-  /** SYN_SENT until the backend answered: such entries are forgotten at a retarget. */
-  answered: boolean;
+  /** Conntrack's state: SYN_SENT, SYN_RECV (the backend answered), ESTABLISHED (the client
+   * acknowledged). Entries not established are forgotten at a retarget. */
+  state: "syn_sent" | "syn_recv" | "established";
 }
 
 export interface CaptureTuning {
@@ -125,7 +126,7 @@ export class Appliance {
         clientPort: seg.srcPort,
         backend: this.original,
         natPort: this.natPort(this.original, seg.srcPort),
-        answered: false,
+        state: "syn_sent",
       };
       this.conntrack.set(key, ct);
       this.byNat.set(`${ct.backend}:${ct.natPort}`, ct);
@@ -168,7 +169,7 @@ export class Appliance {
     }
     if (this.fenced.has(seg.src)) return this.drop("fenced");
     if (seg.src === this.original && seg.flags & (FIN | RST)) return this.drop("original-close-held");
-    if (seg.flags & SYN && seg.flags & ACK) ct.answered = true;
+    if (seg.flags & SYN && seg.flags & ACK && ct.state === "syn_sent") ct.state = "syn_recv";
     const out: TcpSegment = {
       ...seg,
       src: c.vip,
@@ -189,13 +190,14 @@ export class Appliance {
     this.route(seg);
   }
 
-  /** New connections go to `original`; `previous` is fenced; its unanswered SYNs forgotten. */
+  /** New connections go to `original`; `previous` is fenced; its half-open entries forgotten
+   * (as proxy.ts does with conntrack -D for SYN_SENT and SYN_RECV). */
   private retarget(original: number, previous: number): void {
     this.fenced.add(previous);
     this.fenced.delete(original);
     this.original = original;
     for (const [k, ct] of this.conntrack) {
-      if (ct.backend === previous && !ct.answered) {
+      if (ct.backend === previous && ct.state !== "established") {
         this.conntrack.delete(k);
         this.byNat.delete(`${ct.backend}:${ct.natPort}`);
       }

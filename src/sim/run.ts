@@ -194,7 +194,12 @@ class Violation extends Error {}
 /** Runs one seed to its end (or its first violation). */
 export function runSeed(
   seed: number,
-  opts: { maxSimMs?: number; trace?: (line: string) => void } = {},
+  opts: {
+    maxSimMs?: number;
+    trace?: (line: string) => void;
+    /** Every packet as it arrives at the end of a link (debugging a replay). */
+    packets?: (link: string, at: number, seg: TcpSegment) => void;
+  } = {},
 ): RunResult {
   const sc = scenario(seed);
   const sched = new Scheduler();
@@ -229,9 +234,16 @@ export function runSeed(
     toAppliance: (s: TcpSegment) => void,
     toHost: (s: TcpSegment) => void,
   ) => {
+    const tap = (link: string, f: (s: TcpSegment) => void) =>
+      opts.packets
+        ? (s: TcpSegment) => {
+            opts.packets!(link, sched.now / 1000, s);
+            f(s);
+          }
+        : f;
     links.set(name, {
-      up: new LinkDirection(`${name}→appliance`, q, sched, rng.fork(), toAppliance),
-      down: new LinkDirection(`appliance→${name}`, q, sched, rng.fork(), toHost),
+      up: new LinkDirection(`${name}→appliance`, q, sched, rng.fork(), tap(`${name}→appliance`, toAppliance)),
+      down: new LinkDirection(`appliance→${name}`, q, sched, rng.fork(), tap(`appliance→${name}`, toHost)),
     });
   };
   const sockOpts = (rcvBuf: number, sndBuf: number) => ({
@@ -484,7 +496,7 @@ export function runSeed(
       // Liveness: with a serving original, nothing hangs.
       if (c.outcome === undefined && serving(originalName) && names.every((n) => !faultActive(n)))
         fail(
-          `${c.id} did not finish (received ${c.received} of ${c.expectedBytes}; ${c.sock.state}); engine: ${engineView(c)}`,
+          `${c.id} did not finish (received ${c.received} of ${c.expectedBytes}; ${c.sock.state}, ${c.sock.pawsDropped} PAWS drops, ${c.sock.unacceptable} out of window); engine: ${engineView(c)}`,
         );
       if (c.outcome !== "complete") continue;
       for (const r of openedWith(c.id)) {

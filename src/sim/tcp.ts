@@ -179,6 +179,9 @@ export class TcpSocket {
   readTotal = 0;
   /** Bytes the application wrote, in all. */
   written = 0;
+  /** Segments dropped by PAWS, and as outside the window (diagnostics of a hang). */
+  pawsDropped = 0;
+  unacceptable = 0;
   /** How it ended, when it did. */
   outcome: "closed" | "reset" | "refused" | "timeout" | undefined;
 
@@ -348,6 +351,7 @@ export class TcpSocket {
     const ts = this.tsOk ? findOption(seg.options, "timestamp") : undefined;
     // PAWS (RFC 7323): an old timestamp means an old duplicate; Linux drops it with a dup ACK.
     if (ts && this.tsRecent !== undefined && seqDiff(ts.tsval, this.tsRecent) < 0 && !(seg.flags & RST)) {
+      this.pawsDropped++;
       this.sendAck();
       return;
     }
@@ -357,6 +361,7 @@ export class TcpSocket {
       return;
     }
     if (!this.acceptable(seg.seq, len)) {
+      this.unacceptable++;
       if (!(seg.flags & RST)) this.sendAck();
       return;
     }
@@ -405,6 +410,7 @@ export class TcpSocket {
     }
     this.irs = seg.seq;
     this.rcvNxt = seqAdd(seg.seq, 1);
+    this.rcvAdv = this.rcvNxt; // the window offered from here on (emit() opens it)
     this.sndUna = seg.ack;
     const o = this.opts.offer;
     this.peerMss = Math.min(MSS, findOption(seg.options, "mss")?.value ?? 536);

@@ -130,10 +130,14 @@ t.test("promote: faithful connections spliced, the others reset, half-open ones 
   const c = w.connection(["r1"]);
   c.conn.phase = "syn";
   const d = w.connection(["r2"]);
+  // E: half-open, the original's SYN-ACK never seen (its ISN unknown).
+  const e = w.connection(["r1"]);
+  e.conn.phase = "syn";
+  e.conn.originalIsn = undefined;
   w.outbox.drain();
 
   const report = w.splicer.promote("r1", 100);
-  t.same(report, { spliced: 1, reset: 2, dropped: 1 });
+  t.same(report, { spliced: 1, reset: 2, dropped: 2 });
   const out = w.outbox.drain();
 
   t.equal(a.conn.spliced, a.s[0], "A continues on r1");
@@ -176,7 +180,14 @@ t.test("promote: faithful connections spliced, the others reset, half-open ones 
     ["closed", "closed"],
   );
 
-  t.notOk(w.table.holds(c.conn), "the half-open connection is gone");
+  // C may be established for its client already (its ACK not captured yet): a RST without ACK
+  // resets it there, and a client still in SYN-SENT drops it (RFC 9293 3.10.7.3).
+  const toC = out.flatMap((o) =>
+    o.type === "send" && o.segment.dstPort === c.conn.clientPort ? [[o.segment.seq, o.segment.flags]] : [],
+  );
+  t.same(toC, [[toSeq(0, 5000), RST]], "C: one RST without ACK at the original's first byte");
+  t.ok(c.conn.resetting && (c.conn.phase as string) === "closed", "C lingers to answer a challenge ACK");
+  t.notOk(w.table.holds(e.conn), "E, whose SYN-ACK was never seen, is simply gone");
   t.ok(w.table.holds(a.conn) && w.table.holds(b.conn) && w.table.holds(d.conn));
   const toD = out.filter((o) => o.type === "send" && o.segment.dstPort === d.conn.clientPort);
   t.equal(toD.length, 1, "D: one RST (every offset is 0)");

@@ -132,7 +132,10 @@ export class OriginalEvidence {
     // Stalls only count while the original sends nothing at all, on any connection: a busy or
     // slow original keeps sending elsewhere; a frozen, unplugged or vanished one does not. A
     // frozen application's kernel still sends ACKs, so the long reply stall counts data only.
-    const ahead = healthy.some((s) => s.reply.end > conn.original.end);
+    // What the original answered: what was captured, or what the client acknowledged when the
+    // capture missed some (a capture drop is not the original falling behind).
+    const answered = Math.max(conn.original.end, originalAnswered(conn));
+    const ahead = healthy.some((s) => s.reply.end > answered);
     if (ahead) conn.replyAheadSince ??= now;
     else conn.replyAheadSince = undefined;
     const behind =
@@ -224,4 +227,10 @@ export class OriginalEvidence {
     const reason = `${CLOSE_ALONE} (closed after a promotion)`;
     return { verdict: f.probes ? "suspect" : "failed", reason, conn, afterMs: now - since };
   }
+}
+
+/** Reply bytes the client acknowledged (its FIN excluded): the original sent at least those. */
+export function originalAnswered(conn: ReplicatedConnection): number {
+  const fin = conn.originalFinOffset !== undefined && conn.clientAckOffset > conn.originalFinOffset ? 1 : 0;
+  return conn.clientAckOffset - fin;
 }
