@@ -29,6 +29,9 @@ export class Buffers {
 
   /** The original's bytes every comparing shadow compared are released (but the context). */
   releaseOriginal(conn: ReplicatedConnection): void {
+    // Before the client's handshake completes the shadows do not exist yet, and they will compare
+    // from the first byte (the original's reply can be captured before the client's ACK).
+    if (conn.phase === "syn") return;
     let min = conn.original.end;
     for (const s of conn.shadows.values()) if (s.comparing) min = Math.min(min, s.compared);
     // A few compared bytes stay: a Date value split across segments needs its line's start.

@@ -24,7 +24,17 @@ export class CloseHold {
 
   /** The original's FIN or RST (`view`: as the kernel path would have delivered it). */
   onOriginalClose(conn: ReplicatedConnection, kind: "fin" | "rst", view: TcpSegment, now: number): void {
-    if (conn.held?.released) {
+    if (conn.held?.released && kind === "rst" && conn.held.kind === "fin") {
+      // A reset after a close that was released: the original's kernel answering a segment that
+      // came after its close (a client writing as the service closed, a late duplicate). It goes
+      // to the client; the replicas finish on their own (they get the same bytes, and reset the
+      // same way: expected now). Resetting their shadows here cut off bytes the original had
+      // received (found by the simulator, seed 212).
+      conn.held = { kind, segment: view, since: now, released: true };
+      this.outbox.send(view, "client");
+      this.lifecycle.checkDone(conn, now);
+      return;
+    } else if (conn.held?.released) {
       // A retransmission of what was released already (the client's ACK was lost): pass it on.
       this.outbox.send(view, "client");
     } else if (!conn.held || (kind === "rst" && conn.held.kind === "fin")) {
@@ -82,7 +92,10 @@ export class CloseHold {
     if (timedOut) {
       this.timeouts++;
       for (const s of conn.shadows.values()) {
-        if (s.comparing)
+        // One that did close alike is not waited for: others are (it stays a faithful copy).
+        const closedAlike =
+          held.kind === "fin" ? s.replicaFinOffset === conn.originalFinOffset : s.replicaRst;
+        if (s.comparing && !closedAlike)
           this.lifecycle.setStatus(
             conn,
             s,

@@ -137,6 +137,25 @@ export class ConnectionTable {
     this.refused.set(clientIsn, client);
   }
 
+  /**
+   * A segment of a connection the engine does not track (its client's SYN was lost to capture):
+   * if the NATed SYN of that connection was seen (its ISN is the segment's sequence number - 1,
+   * the client's handshake ACK), its closes are passed on from now on (the kernel path holds them
+   * for every connection; found by the simulator, seed 332, a client that hung at its close).
+   * Returns the original's segments held for that port, to replay.
+   */
+  adopt(seg: TcpSegment): Array<{ seg: TcpSegment; at: number }> {
+    const isn = (seg.seq - 1) >>> 0;
+    const nat = this.pendingNat.get(isn);
+    if (nat === undefined) return [];
+    this.pendingNat.delete(isn);
+    this.passThrough(nat, { addr: seg.src, port: seg.srcPort });
+    const waiting = this.unbound.get(nat) ?? [];
+    this.unbound.delete(nat);
+    this.unboundCount -= waiting.length;
+    return waiting;
+  }
+
   private passThrough(natPort: number, client: ClientEnd): void {
     this.passthrough.delete(natPort);
     if (this.passthrough.size >= MAX_PASSTHROUGH) {
@@ -169,9 +188,17 @@ export class ConnectionTable {
     return waiting;
   }
 
-  /** New connections go to a new original: NATed SYNs seen for the old one mean nothing now. */
-  forgetPendingNat(): void {
+  /**
+   * New connections go to a new original: NATed SYNs and NAT ports seen toward the old one mean
+   * nothing now. NAT ports are unique per backend only: a new connection to the new original may
+   * get a port a spliced connection had toward the old one (found by the simulator, seed 211:
+   * the new connection's segments were taken for the old one's and ignored).
+   */
+  forgetNat(): void {
     this.pendingNat.clear();
+    for (const c of this.byNatPort.values()) c.natPort = undefined;
+    this.byNatPort.clear();
+    this.passthrough.clear();
   }
 
   /** Counts a segment that belongs to nothing the engine follows. */

@@ -57,6 +57,13 @@ export class ReplicatedConnection {
   spliceFinReleased = false;
   /** Client-space ACK (offset) last sent to the client on the replica's behalf. */
   ackToClient = -1;
+  /** The engine's own retransmission toward the client of a spliced connection (splice.ts):
+   * when it fires next, how often it fired in a row, duplicate ACKs seen. */
+  spliceRtoAt: number | undefined;
+  spliceBackoffs = 0;
+  spliceDupAcks = 0;
+  /** The window field last sent to the client of a spliced connection (a change is sent). */
+  windowToClient = -1;
   /** When the kernel path's SYN to the original was seen (handshake RTT to the original). */
   natSynAt: Seen | undefined;
   /** When the original's SYN-ACK went toward the client (µs; handshake RTT to the client), null

@@ -276,7 +276,10 @@ export class ReplicationEngine {
       }
       this.closeHold.expire(conn, now, want);
       const sp = conn.spliced;
-      if (sp && !sp.live && conn.phase === "open" && !conn.resetting && !endedNormally(sp)) {
+      if (sp && conn.phase === "open" && !this.splicer.timer(conn, now, want)) {
+        // Its client stopped acknowledging what the engine retransmitted: it was reset.
+        this.lifecycle.resetShadows(conn, now);
+      } else if (sp && !sp.live && conn.phase === "open" && !conn.resetting && !endedNormally(sp)) {
         // The shadow that serves the client was given up (bytes lost to capture, a limit, its
         // replica stopped answering): nothing can continue the connection, so the client is told
         // at once instead of waiting on a stream that will never come.
@@ -345,7 +348,7 @@ export class ReplicationEngine {
     this.promotions++;
     this.detector.promoted();
     this.original = r.info.address;
-    this.table.forgetPendingNat();
+    this.table.forgetNat();
     this.outbox.push({ type: "promote", replica: id, original: r.info.address, previous: old });
     this.outbox.event({ type: "promoted", replica: id, ...report });
     if (this.replicas.promotableCount() === 0)
@@ -485,8 +488,10 @@ export class ReplicationEngine {
       return;
     }
     if (!conn) {
-      // A connection older than the engine (or one it refused): the kernel path serves it alone.
+      // A connection older than the engine, one it refused, or one whose SYN the capture lost:
+      // the kernel path serves it alone (the last kind's closes are passed on, see adopt()).
       this.table.unmatch("client-unknown-connection");
+      if (seg.flags & ACK) for (const w of this.table.adopt(seg)) this.onOriginal(w.seg, w.at);
       return;
     }
     if (conn.phase === "closed" && conn.clientRst) return;
@@ -499,7 +504,11 @@ export class ReplicationEngine {
 
     if (seg.flags & RST) {
       conn.clientRst = true;
-      this.lifecycle.resetShadows(conn, now);
+      this.lifecycle.resetShadows(
+        conn,
+        now,
+        "the client reset before the replica received what the original did",
+      );
       return;
     }
 
@@ -523,7 +532,10 @@ export class ReplicationEngine {
         this.openShadows(conn, now);
       }
       const ackOff = toOffset(seg.ack, conn.originalIsn, conn.clientAckOffset);
+      const ackedBefore = conn.clientAckOffset;
       if (ackOff > conn.clientAckOffset) conn.clientAckOffset = ackOff;
+      if (conn.spliced)
+        this.splicer.clientAcked(conn, ackedBefore, seg.payload.length === 0 && !(seg.flags & FIN), now);
       this.passiveRtt.clientAck(conn, ackOff, now);
       const replyEnd = conn.original.end + (conn.originalFinOffset === conn.original.end ? 1 : 0);
       // After a splice the client acknowledges the new original's bytes, which we send ourselves.
@@ -546,6 +558,19 @@ export class ReplicationEngine {
       if (conn.client.end > conn.originalAckOffset) conn.unackedSince ??= now;
       if (seg.flags & FIN && conn.clientFinOffset === undefined)
         conn.clientFinOffset = off + seg.payload.length;
+    }
+
+    if (conn.spliced && !conn.resetting) {
+      // The engine is the client's peer now: a segment that brings nothing new (a retransmission
+      // after our ACK was lost, a zero-window probe) is answered with an ACK at once, as a TCP
+      // receiver does; else the client waits forever (found by the simulator, seed 288).
+      const end = toOffset(seg.seq, conn.clientIsn, conn.client.end) + seg.payload.length;
+      const fin = seg.flags & FIN ? 1 : 0;
+      if (
+        end + fin <= conn.client.end + (conn.clientFinReady ? 1 : 0) &&
+        (seg.payload.length > 0 || fin || end < conn.client.end)
+      )
+        this.splicer.ackClient(conn);
     }
 
     for (const s of conn.shadows.values()) {

@@ -80,9 +80,15 @@ export class Lifecycle {
     this.buffers.releaseOriginal(conn);
   }
 
-  /** Resets every shadow still talking to its replica and closes the connection. */
-  resetShadows(conn: ReplicatedConnection, now: number): void {
+  /**
+   * Resets every shadow still talking to its replica and closes the connection. With `behind`:
+   * a shadow whose replica has not yet received every byte the original acknowledged is marked
+   * lagging first: its state will differ from the original's (found by the simulator, seed 306: a
+   * client reset right after a short exchange, before its bytes reached the replica).
+   */
+  resetShadows(conn: ReplicatedConnection, now: number, behind?: string): void {
     for (const s of conn.shadows.values()) {
+      if (behind !== undefined) this.markIfBehind(conn, s, behind);
       if (s.live) {
         this.sender.sendRst(conn, s);
         this.closeShadow(conn, s);
@@ -120,8 +126,16 @@ export class Lifecycle {
     this.deleteConnection(conn);
   }
 
+  /** Marks `s` lagging when its replica has not received what the original acknowledged. */
+  private markIfBehind(conn: ReplicatedConnection, s: ShadowConversation, reason: string): void {
+    if (!s.live || conn.spliced === s || (!s.comparing && s.status !== "unverified")) return;
+    if (Math.max(0, s.sndUna) < conn.originalAckOffset)
+      this.setStatus(conn, s, "lagging", reason, s.compared);
+  }
+
   deleteConnection(conn: ReplicatedConnection): void {
     for (const s of conn.shadows.values()) {
+      this.markIfBehind(conn, s, "the connection ended before the replica received what the original did");
       if (s.live) {
         this.sender.sendRst(conn, s);
         this.closeShadow(conn, s);

@@ -296,7 +296,12 @@ export class ShadowSender {
     const maxAckable = s.sndNxt + (s.finSent ? 1 : 0);
     if (ackOff > maxAckable) return "ignored"; // acknowledges what we never sent
     const oldWnd = s.sndWnd;
-    s.sndWnd = seg.window << s.wscale;
+    // An older acknowledgement (reordered) does not set the window: its right edge is stale and
+    // could let us send past what the replica offers now.
+    if (ackOff >= Math.max(0, s.sndUna)) s.sndWnd = seg.window << s.wscale;
+    // A zero-window probe answered (or the window reopening) proves the replica is there: its
+    // backoffs are not unanswered retransmissions (Linux resets its probe count on any ACK).
+    if (ackOff >= Math.max(0, s.sndUna) && (oldWnd === 0 || s.sndWnd === 0)) s.backoffs = 0;
     let advanced = false;
     if (ackOff > s.sndUna) {
       const acked = Math.min(ackOff, conn.clientFinOffset ?? Infinity) - Math.max(0, s.sndUna);
@@ -327,7 +332,7 @@ export class ShadowSender {
       seg.payload.length === 0 &&
       !(seg.flags & FIN) &&
       s.sndWnd === oldWnd &&
-      this.outstanding(conn, s)
+      s.sndNxt > Math.max(0, s.sndUna) // data in flight: an answer to a window probe is no dup ACK
     ) {
       s.dupAcks++;
       if (s.dupAcks === 3 && s.recoverPoint === undefined) {

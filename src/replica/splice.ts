@@ -42,6 +42,9 @@ export function survivor(conn: ReplicatedConnection, s: ShadowConversation): Sha
   return found;
 }
 
+/** Unanswered retransmissions toward a spliced connection's client before it is reset. */
+export const MAX_SPLICE_BACKOFFS = 12;
+
 export interface SpliceReport {
   spliced: number;
   reset: number;
@@ -50,7 +53,7 @@ export interface SpliceReport {
 
 export class Splicer {
   constructor(
-    private readonly config: Pick<EngineConfig, "vip" | "port" | "mtu">,
+    private readonly config: Pick<EngineConfig, "vip" | "port" | "mtu" | "rto">,
     private readonly table: ConnectionTable,
     private readonly lifecycle: Lifecycle,
     private readonly outbox: Outbox,
@@ -127,9 +130,8 @@ export class Splicer {
       );
     }
     const ack = s ? toSeq(Math.max(0, s.sndUna), conn.clientIsn) : toSeq(conn.client.end, conn.clientIsn);
-    const window = s
-      ? Math.min(0xffff, Math.floor((s.lastWindow * 2 ** s.wscale) / 2 ** conn.originalWscale))
-      : 0;
+    const window = this.windowFor(conn);
+    if (s) conn.windowToClient = window;
     return {
       tos: 0,
       id: this.outbox.nextIpId(),
@@ -148,6 +150,18 @@ export class Splicer {
       options,
       payload,
     };
+  }
+
+  /** The promoted replica's window in the client's scale (the original's). */
+  private windowFor(conn: ReplicatedConnection): number {
+    const s = conn.spliced;
+    return s ? Math.min(0xffff, Math.floor((s.lastWindow * 2 ** s.wscale) / 2 ** conn.originalWscale)) : 0;
+  }
+
+  /** An ACK to a spliced connection's client now (its segment brought nothing new). */
+  ackClient(conn: ReplicatedConnection): void {
+    if (!conn.spliced || conn.originalIsn === undefined) return;
+    this.outbox.send(this.toClient(conn, toSeq(conn.sentToClient, conn.originalIsn), 0), "client");
   }
 
   /**
@@ -209,10 +223,76 @@ export class Splicer {
       this.outbox.send(this.toClient(conn, toSeq(s.replicaFinOffset, isn), FIN), "client");
       acked = true;
     }
-    if (!acked && Math.max(0, s.sndUna) > conn.ackToClient && verified <= from) {
+    // An ACK when the replica acknowledged more of the client's bytes, or opened its window (the
+    // client may be waiting on a zero window).
+    const windowUpdate = this.windowFor(conn) > conn.windowToClient;
+    if (!acked && (Math.max(0, s.sndUna) > conn.ackToClient || windowUpdate) && verified <= from) {
       this.outbox.send(this.toClient(conn, toSeq(conn.sentToClient, isn), 0), "client");
     }
     conn.ackToClient = Math.max(conn.ackToClient, Math.max(0, s.sndUna));
+  }
+
+  /**
+   * A spliced connection's client is served by the engine from here on, so the engine must also
+   * retransmit toward it: the promoted replica retransmits only what the engine has not
+   * acknowledged, and the engine acknowledges it up to what it received (it never retransmits
+   * what it was told was SACKed: found by the simulator, seed 288, a client waiting forever for
+   * a segment lost on its link). Bytes from the client's acknowledgement on are still held in the
+   * replica's reply buffer (released only as far as the client acknowledged).
+   */
+  private outstandingToClient(conn: ReplicatedConnection, s: ShadowConversation): boolean {
+    return (
+      conn.sentToClient > conn.clientAckOffset ||
+      (conn.spliceFinSent && s.replicaFinOffset !== undefined && conn.clientAckOffset <= s.replicaFinOffset)
+    );
+  }
+
+  /** The client acknowledged up to conn.clientAckOffset (was `before`): timer and dup ACKs. */
+  clientAcked(conn: ReplicatedConnection, before: number, pureAck: boolean, now: number): void {
+    const s = conn.spliced;
+    if (!s) return;
+    if (conn.clientAckOffset > before) {
+      conn.spliceBackoffs = 0;
+      conn.spliceDupAcks = 0;
+      conn.spliceRtoAt = this.outstandingToClient(conn, s) ? now + this.config.rto.initialMs : undefined;
+    } else if (pureAck && this.outstandingToClient(conn, s) && ++conn.spliceDupAcks === 3) {
+      this.retransmitToClient(conn, s); // fast retransmit: the client says a segment is missing
+    }
+  }
+
+  /** The retransmission timer toward a spliced connection's client (from the engine's tick).
+   * Returns false when the client stopped answering and the connection was reset. */
+  timer(conn: ReplicatedConnection, now: number, want: (t: number) => void): boolean {
+    const s = conn.spliced;
+    if (!s || conn.resetting || !this.outstandingToClient(conn, s)) {
+      conn.spliceRtoAt = undefined;
+      return true;
+    }
+    if (conn.spliceRtoAt === undefined) conn.spliceRtoAt = now + this.config.rto.initialMs;
+    if (now >= conn.spliceRtoAt) {
+      if (++conn.spliceBackoffs > MAX_SPLICE_BACKOFFS) {
+        this.resetClient(conn);
+        return false;
+      }
+      this.retransmitToClient(conn, s);
+      const backoff = Math.min(this.config.rto.maxMs, this.config.rto.initialMs * 2 ** conn.spliceBackoffs);
+      conn.spliceRtoAt = now + backoff;
+    }
+    want(conn.spliceRtoAt);
+    return true;
+  }
+
+  /** Sends the client the first segment it has not acknowledged (or the FIN again). */
+  private retransmitToClient(conn: ReplicatedConnection, s: ShadowConversation): void {
+    const isn = conn.originalIsn!;
+    const from = Math.max(conn.clientAckOffset, s.reply.base);
+    if (from < conn.sentToClient) {
+      const maxPayload = Math.max(1, Math.min(conn.originalMss, this.config.mtu - 40) - (s.tsOk ? 12 : 0));
+      const end = Math.min(conn.sentToClient, from + maxPayload);
+      this.outbox.send(this.toClient(conn, toSeq(from, isn), PSH, s.reply.read(from, end)), "client");
+    } else if (conn.spliceFinSent && s.replicaFinOffset !== undefined) {
+      this.outbox.send(this.toClient(conn, toSeq(s.replicaFinOffset, isn), FIN), "client");
+    }
   }
 
   /** Resets the client's connection: at what it acknowledged and at what it may have received. */

@@ -516,7 +516,7 @@ export function runSeed(
     if (!e) return "not tracked";
     const sh = [...e.shadows.entries()].map(
       ([id, s]) =>
-        `${id}${e.spliced === s ? "*" : ""} ${s.state}/${s.status} sndUna=${s.sndUna} sndNxt=${s.sndNxt} reply=${s.reply.end} fin=${s.replicaFinOffset} compared=${s.compared}`,
+        `${id}${e.spliced === s ? "*" : ""} ${s.state}/${s.status} sndUna=${s.sndUna} sndNxt=${s.sndNxt} reply=${s.reply.end} base=${s.reply.base} rcvAcked=${s.rcvAcked} fin=${s.replicaFinOffset} compared=${s.compared}`,
     );
     return `${e.phase} client=${e.client.end} fin=${e.clientFinOffset} original=${e.original.end} ofin=${e.originalFinOffset} clientAck=${e.clientAckOffset} sentToClient=${e.sentToClient} spliceFinSent=${e.spliceFinSent} [${sh.join("; ")}]`;
   }

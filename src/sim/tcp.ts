@@ -559,7 +559,8 @@ export class TcpSocket {
     let from = this.sndUna;
     for (const [s, e] of this.sacked) if (seqLe(s, from) && seqGt(e, from)) from = e;
     if (!seqLt(from, this.sndMax)) return;
-    let to = seqAdd(from, this.peerMss);
+    let to = seqAdd(from, this.peerMss - (this.tsOk ? 12 : 0));
+    if (seqGt(to, this.sndMax)) to = this.sndMax;
     for (const [s] of this.sacked) if (seqGt(s, from) && seqLt(s, to)) to = s;
     this.sendRange(from, to);
   }
@@ -793,7 +794,10 @@ export class TcpSocket {
     // whatever the window: a retransmission doubles as a zero-window probe, as in Linux.
     let from = this.sndUna;
     for (const [s, e] of this.sacked) if (seqLe(s, from) && seqGt(e, from)) from = e;
-    this.sndNxt = this.sendRange(from, seqAdd(from, this.peerMss - (this.tsOk ? 12 : 0)));
+    // Only what was sent before (Linux retransmits the head segment): new data waits for the
+    // window, and sndMax keeps meaning "highest sent".
+    const len = Math.min(this.peerMss - (this.tsOk ? 12 : 0), Math.max(0, seqDiff(this.sndMax, from)));
+    this.sndNxt = this.sendRange(from, seqAdd(from, len));
     if (seqLt(this.sndNxt, from)) this.sndNxt = from;
     this.armRto(this.rto);
   }

@@ -518,3 +518,23 @@ t.test(LIMITS, async (t) => {
   );
   t.ok(abandoned > 50, `${abandoned} shadows given up at a limit`);
 });
+
+t.test("global: the original's bytes held for comparison make the slowest comparison go", async (t) => {
+  // Found by the simulator (seed 127): the original's bytes held for a comparison are charged to
+  // no replica, so the global limit found no shadow to give up and the engine stayed over it.
+  const rig = new Rig({ globalBytes: 150, perConnectionBytes: 100 }, 0, ["r1"]);
+  const a = rig.connection();
+  rig.original(a, 90);
+  t.same(rig.enforce(a).events, [], "90 bytes held: within the limit");
+  const b = rig.connection();
+  rig.original(b, 90);
+  t.equal(rig.recount().total, 180, "r1 answered neither: 2 × 90 held for comparison");
+  const out = rig.enforce(b);
+  const e = out.events[0];
+  const victim = e?.type === "lagging" && e.conn === b.id ? b : a;
+  gaveUp(t, rig, victim, "r1", "beyond the global limit", out);
+  t.equal(rig.shadow(victim === a ? b : a, "r1").status, "healthy", "the other comparison goes on");
+  t.equal(victim.original.footprint, 0, "its original bytes are freed");
+  t.equal(rig.buffers.total, 90, "the other connection's 90 bytes remain");
+  withinLimits(t, rig, "after");
+});

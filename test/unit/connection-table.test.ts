@@ -165,13 +165,26 @@ t.test("pending NAT bindings are bounded: beyond MAX_PENDING_NAT the oldest goes
   t.equal(newest.natPort, 30000 + MAX_PENDING_NAT, "the newest is there");
 });
 
-t.test("forgetPendingNat() drops bindings seen for the old original", async (t) => {
+t.test("forgetNat() drops NAT bindings seen for the old original", async (t) => {
   const tb = table();
   tb.natSyn(natSyn(1000, 31000));
-  tb.forgetPendingNat();
+  // A tracked connection bound to NAT port 31001 toward the old original.
+  const old = conn(40001, 2000);
+  tb.add(old);
+  tb.natSyn(natSyn(2000, 31001));
+  t.equal(tb.byNat(31001), old);
+  tb.forgetNat();
   const c = conn(40000, 1000);
   tb.add(c);
-  t.equal(c.natPort, undefined);
+  t.equal(c.natPort, undefined, "a pending NATed SYN of the old original binds nothing");
+  t.equal(tb.byNat(31001), undefined, "the old binding is gone");
+  t.equal(old.natPort, undefined);
+  // A new connection to the new original may get the same port (ports are per backend).
+  const fresh = conn(40002, 3000);
+  tb.add(fresh);
+  tb.natSyn(natSyn(3000, 31001));
+  t.equal(tb.byNat(31001), fresh, "the port names the new connection");
+  tb.checkInvariants(10);
 });
 
 t.test("held segments are bounded: beyond MAX_UNBOUND they are counted, not kept", async (t) => {

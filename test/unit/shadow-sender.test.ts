@@ -816,3 +816,65 @@ t.test(LOSSY, async (t) => {
   );
   t.ok(completed > 250, `${completed} runs delivered everything, ${gaveUp} gave up after MAX_BACKOFFS`);
 });
+
+t.test("a replica answering zero-window probes for 30 s is neither suspected nor given up", async (t) => {
+  // Found in review of ShadowSender.onAck: the answers to window probes did not reset the
+  // backoffs (the replica was suspected, then given up, while it answered every probe) and were
+  // counted as duplicate ACKs (a fast retransmit of nothing in flight).
+  const { rig, s } = sending(300, { window: 1000 });
+  rig.ack(s, 300, 0); // everything acknowledged, and the replica's application reads nothing
+  rig.write(stream(100, 300));
+  t.same(rig.flush(s), [], "nothing fits the zero window");
+  const start = rig.now;
+  const outcomes: Array<ReturnType<ShadowSender["onRto"]>> = [];
+  const probes: TcpSegment[] = [];
+  while (s.rtoDeadline !== undefined && s.rtoDeadline - start <= 30_000) {
+    rig.now = s.rtoDeadline;
+    outcomes.push(rig.sender.onRto(rig.conn, s, rig.now));
+    probes.push(...rig.sent());
+    t.equal(rig.ack(s, 300, 0), "same", "answered: at sndUna, window still 0");
+    t.same(rig.sent(), [], "an answer to a window probe triggers no retransmission");
+  }
+  t.ok(outcomes.length > MAX_BACKOFFS, `${outcomes.length} probes: more than MAX_BACKOFFS (${MAX_BACKOFFS})`);
+  t.same(
+    outcomes.filter((o) => o.suspect !== undefined || o.giveUp !== undefined),
+    [],
+    "no timeout reported a suspicion or gave the shadow up",
+  );
+  t.equal(probes.length, outcomes.length, "one probe per timeout");
+  t.ok(
+    probes.every((g) => g.payload.length === 0 && g.seq === toSeq(299, rig.isn)),
+    "each a window probe",
+  );
+  t.equal(s.retransmits, 0, "no retransmission counted");
+  t.equal(s.dupAcks, 0, "no duplicate ACK counted");
+  t.ok(s.rtoDeadline !== undefined && s.state === "open", "still probing");
+  rig.ack(s, 300, 1000);
+  t.same(
+    rig.flush(s).map((g) => [rig.off(g), text(g.payload)]),
+    [[300, stream(100, 300)]],
+    "the window reopens: the waiting bytes go out",
+  );
+});
+
+t.test("an older, reordered ACK does not set the window", async (t) => {
+  // Found in review of ShadowSender.onAck: an ACK below sndUna set the window from its stale
+  // right edge, letting the sender go past what the replica offers.
+  const { rig, s, first } = sending(2000, { window: 1000 });
+  t.same(
+    first.map((g) => rig.off(g)),
+    [0, 100, 200, 300, 400, 500, 600, 700, 800, 900],
+    "[0, 1000) sent: the SYN-ACK's window, in MSS-sized segments",
+  );
+  t.equal(rig.ack(s, 500, 500), "advanced");
+  t.same(rig.flush(s), [], "the window ends at 1000: nothing more");
+  t.equal(rig.ack(s, 100, 900), "same", "an older ACK (reordered) arrives late");
+  t.equal(s.sndWnd, 500, "the window stays the newest ACK's");
+  t.same(rig.flush(s), [], "nothing beyond offset 1000");
+  t.equal(rig.ack(s, 600, 500), "advanced", "a newer ACK moves the window on");
+  t.same(
+    rig.flush(s).map((g) => [rig.off(g), g.payload.length]),
+    [[1000, 100]],
+    "up to its right edge, 1100",
+  );
+});

@@ -134,16 +134,21 @@ export class FailureDetector {
   settle(now: number, want: (t: number) => void): void {
     const dead = this.probes.deadVerdicts;
     // Replicas first: a dying replica must be gone before the original's verdict elects one.
-    dead.sort((a, b) => Number(a.probe.target === "original") - Number(b.probe.target === "original"));
-    const keep: typeof dead = [];
-    for (const v of dead) {
+    const batch = dead
+      .splice(0)
+      .sort((a, b) => Number(a.probe.target === "original") - Number(b.probe.target === "original"));
+    const generation = this.probes.originalGeneration;
+    for (const v of batch) {
       const p = v.probe;
+      // A promotion while settling: verdicts about the old original no longer apply (kept, one
+      // would fail over the new, healthy original).
+      if (p.target === "original" && this.probes.originalGeneration !== generation) continue;
       // A probe sent later answered alive: that newer answer wins (one lost SYN is not a death).
       if (this.probes.aliveSince(p.target) >= p.sentAt) continue;
       const caughtUp = v.sentUs === undefined || this.clock.passed(v.sentUs);
       const deadline = v.receivedAt + CATCH_UP_MS;
       if (!caughtUp && now < deadline) {
-        keep.push(v);
+        dead.push(v);
         want(Math.min(deadline, now + 1));
         continue;
       }
@@ -160,8 +165,6 @@ export class FailureDetector {
         this.replicaFailed(p.target, reason, now);
       }
     }
-    dead.length = 0;
-    dead.push(...keep);
   }
 
   /** The evidence against the original on one connection (also releases held closes of spliced

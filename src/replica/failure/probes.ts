@@ -41,6 +41,8 @@ export class ProbeBook {
   readonly passedOver = new Set<string>();
   /** Dead probe answers waiting for the capture channels to catch up (detector.settle). */
   readonly deadVerdicts: DeadVerdict[] = [];
+  /** Counts originals (forgetOriginal): a verdict about an earlier one is stale. */
+  originalGeneration = 0;
 
   constructor(private readonly outbox: Outbox) {}
 
@@ -104,6 +106,7 @@ export class ProbeBook {
 
   /** A new original: what was asked or known about the old one no longer applies. */
   forgetOriginal(): void {
+    this.originalGeneration++;
     for (const [k, p] of this.pending) if (p.target === "original") this.pending.delete(k);
     for (let i = this.deadVerdicts.length - 1; i >= 0; i--)
       if (this.deadVerdicts[i]!.probe.target === "original") this.deadVerdicts.splice(i, 1);
