@@ -32,7 +32,8 @@ export class CloseHold {
       // received (found by the simulator, seed 212).
       conn.held = { kind, segment: view, since: now, released: true };
       this.outbox.send(view, "client");
-      this.lifecycle.checkDone(conn, now);
+      // Over on the original's side: it lingers (the shadows go on meanwhile), then is deleted.
+      this.lifecycle.markClosed(conn, now);
       return;
     } else if (conn.held?.released) {
       // A retransmission of what was released already (the client's ACK was lost): pass it on.

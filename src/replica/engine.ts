@@ -848,7 +848,13 @@ export class ReplicationEngine {
       this.buffers.account(conn);
       return;
     }
-    const expected = conn.held?.kind === "rst";
+    // A reset is expected when the original reset too, or after a close both made alike (a late
+    // segment to a closed socket), whichever of the two resets is captured first.
+    const expected =
+      conn.held?.kind === "rst" ||
+      (conn.held?.released === true &&
+        s.replicaFinOffset !== undefined &&
+        s.replicaFinOffset === conn.originalFinOffset);
     if (!expected)
       this.detector.suspectReplica(
         s,

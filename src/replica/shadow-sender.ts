@@ -332,7 +332,8 @@ export class ShadowSender {
       seg.payload.length === 0 &&
       !(seg.flags & FIN) &&
       s.sndWnd === oldWnd &&
-      s.sndNxt > Math.max(0, s.sndUna) // data in flight: an answer to a window probe is no dup ACK
+      // Data or the FIN in flight: an answer to a window probe is no duplicate ACK.
+      (s.sndNxt > Math.max(0, s.sndUna) || (s.finSent && !s.finAcked))
     ) {
       s.dupAcks++;
       if (s.dupAcks === 3 && s.recoverPoint === undefined) {

@@ -457,8 +457,34 @@ t.test(
       ],
       "both shadows ended by their replica's RST, still faithful",
     );
+    // The connection is over on the original's side: it lingers, then leaves the table (it stayed
+    // open for good before).
+    t.equal(a.engine.connection(CLIENT, CPORT)!.phase, "closed");
+    a.tick(a.now + a.engine.config.lingerMs + 1);
+    t.equal(a.engine.connection(CLIENT, CPORT), undefined, "deleted after its linger");
+    t.equal(a.engine.stats().connections.active, 0);
   },
 );
+
+t.test("the replicas' RSTs after a close made alike are expected whichever comes first", async (t) => {
+  // Review of the fix above: with the replicas' resets captured before the original's, they were
+  // marked diverged and probed.
+  const { a, f } = answered(["r1", "r2"], "answer", { failure: failureConfig({ probes: true }) });
+  f.original("", { flags: FIN | ACK });
+  f.replica("r1", 6, "", 1, FIN | ACK);
+  f.replica("r2", 6, "", 1, FIN | ACK);
+  f.client("more", { ack: 7 });
+  f.replica("r1", 7, "", 5, RST | ACK);
+  f.replica("r2", 7, "", 5, RST | ACK);
+  f.original("", { flags: RST | ACK });
+  a.tick(a.now + 10);
+  t.same(a.eventsOf("diverged"), [], "no replica diverged");
+  t.same(
+    a.probes.filter((p) => p.target !== "original"),
+    [],
+    "no replica suspected",
+  );
+});
 
 t.test(
   "a promotion resets a half-open client whose SYN-ACK was seen; its SYN retry is tracked",
