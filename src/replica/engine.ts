@@ -53,6 +53,9 @@ import type { EngineConfig, EngineOutput, EngineStats, ReplicaInfo } from "./typ
 export { printable, toOffset, toSeq } from "./offsets.js";
 export { ReplicatedConnection } from "./connection.js";
 
+/** How long a closed connection waits for replicas that have every byte to close it too. */
+export const SHADOW_CLOSE_MS = 60_000;
+
 /** How far (bytes) a segment of the original may be from where its connection is. */
 const FOREIGN_WINDOW = 64 * 1024 * 1024;
 
@@ -292,12 +295,16 @@ export class ReplicationEngine {
         if (s.rtoDeadline !== undefined) want(s.rtoDeadline);
       }
       if (conn.phase === "closed" && conn.closedAt !== undefined) {
-        const end = conn.closedAt + this.config.lingerMs;
+        // A replica that has every byte but has not closed yet (its application is slow, or
+        // paused) is waited for: a RST now would discard what it has not read, and its state
+        // would silently differ (found by the simulator, seed 625). Bounded by SHADOW_CLOSE_MS.
+        const finishing = [...conn.shadows.values()].some((s) => s.live && caughtUp(conn, s));
+        const end = conn.closedAt + (finishing ? SHADOW_CLOSE_MS : this.config.lingerMs);
         if (now >= end) {
           this.lifecycle.deleteConnection(conn);
           continue;
         }
-        want(end);
+        want(finishing ? Math.min(end, now + this.config.lingerMs) : end);
       }
     }
     this.detector.endTick(now, holding, failed, suspect, want);
@@ -520,6 +527,7 @@ export class ReplicationEngine {
       // segments (PAWS would drop a replica's older TSvals, and the connection would hang).
       if (!conn.spliced && !(seg.flags & SYN))
         conn.lastOriginalTsval = newerTsval(conn.lastOriginalTsval, ts.tsecr);
+      else if (conn.spliced) this.splicer.clientEcho(conn, ts.tsecr);
       this.passiveRtt.clientTimestamps(conn, seg, ts, now);
     }
     const oldWindow = conn.lastClientWindow;
@@ -894,4 +902,9 @@ function newerTsval(a: number | undefined, b: number): number {
 /** A shadow that ended with both FINs exchanged and acknowledged. */
 function endedNormally(s: ShadowConversation): boolean {
   return s.finAcked && s.replicaFinOffset !== undefined && s.rcvAcked === s.replicaFinOffset + 1;
+}
+
+/** The replica acknowledged every byte of the client's stream (its FIN included). */
+function caughtUp(conn: ReplicatedConnection, s: ShadowConversation): boolean {
+  return Math.max(0, s.sndUna) >= conn.client.end + (conn.clientFinReady ? 1 : 0);
 }

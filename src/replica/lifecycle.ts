@@ -136,6 +136,16 @@ export class Lifecycle {
   deleteConnection(conn: ReplicatedConnection): void {
     for (const s of conn.shadows.values()) {
       this.markIfBehind(conn, s, "the connection ended before the replica received what the original did");
+      // Closed for a minute and still not closed by the replica: its RST may discard bytes its
+      // application has not read yet; said so.
+      if (s.live && conn.phase === "closed" && conn.spliced !== s && s.comparing)
+        this.setStatus(
+          conn,
+          s,
+          "lagging",
+          "its replica did not close the connection after the original",
+          s.compared,
+        );
       if (s.live) {
         this.sender.sendRst(conn, s);
         this.closeShadow(conn, s);

@@ -9,6 +9,7 @@ import { ACK, FIN, PSH, RST, type TcpOption, type TcpSegment } from "../wire/tcp
 import type { ConnectionTable } from "./connection-table.js";
 import type { ReplicatedConnection } from "./connection.js";
 import type { Lifecycle } from "./lifecycle.js";
+import { seqDiff } from "../wire/seq.js";
 import { toSeq } from "./offsets.js";
 import type { Outbox } from "./outbox.js";
 import type { ShadowConversation } from "./shadow.js";
@@ -71,7 +72,8 @@ export class Splicer {
           // SYN-SENT (RFC 9293 3.10.7.3), whose SYN retransmission reaches the new original.
           this.resetClient(conn);
           this.lifecycle.markClosed(conn, now);
-        } else this.lifecycle.deleteConnection(conn);
+        } else if (conn.phase === "syn") this.lifecycle.deleteConnection(conn);
+        // A closed one lingers: its replicas finish closing it (see the engine's tick).
         report.dropped++;
         continue;
       }
@@ -156,6 +158,19 @@ export class Splicer {
   private windowFor(conn: ReplicatedConnection): number {
     const s = conn.spliced;
     return s ? Math.min(0xffff, Math.floor((s.lastWindow * 2 ** s.wscale) / 2 ** conn.originalWscale)) : 0;
+  }
+
+  /**
+   * The client echoed `tsecr`: the newest TSval it accepted. After a splice that may be the old
+   * original's, sent after the engine last saw one (the fence takes a few milliseconds): the
+   * translation moves up so the replica's TSvals continue above it, or PAWS drops every segment
+   * (found by the simulator, seed 730: a client that never got its last reply).
+   */
+  clientEcho(conn: ReplicatedConnection, tsecr: number): void {
+    const s = conn.spliced;
+    if (!s?.tsOk || s.tsRecent === undefined) return;
+    const behind = seqDiff(tsecr, (s.tsRecent + conn.tsOffset) >>> 0);
+    if (behind > 0) conn.tsOffset = (conn.tsOffset + behind) >>> 0;
   }
 
   /** An ACK to a spliced connection's client now (its segment brought nothing new). */
