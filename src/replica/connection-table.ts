@@ -19,6 +19,8 @@ export const MAX_PASSTHROUGH = 65_536;
 export interface ClientEnd {
   addr: number;
   port: number;
+  /** The client's latest acknowledgement seen (where it expects the next byte). */
+  lastAck?: number;
 }
 
 export function connectionKey(clientAddr: number, clientPort: number): number {
@@ -41,7 +43,10 @@ export class ConnectionTable {
    * SYN names the port. Both bounded; the oldest entry goes first (counted).
    */
   private readonly passthrough = new Map<number, ClientEnd>();
+  private readonly passthroughByClient = new Map<number, ClientEnd>();
   private readonly refused = new Map<number, ClientEnd>();
+  /** Refused connections fenced with the original they were on (see forgetNat). */
+  private readonly orphans = new Set<number>();
   /** Refused connections forgotten at the bound: their closes can no longer be passed on. */
   passthroughEvicted = 0;
   private nextPort: number;
@@ -157,12 +162,20 @@ export class ConnectionTable {
   }
 
   private passThrough(natPort: number, client: ClientEnd): void {
-    this.passthrough.delete(natPort);
+    this.dropPassthrough(natPort);
     if (this.passthrough.size >= MAX_PASSTHROUGH) {
-      this.passthrough.delete(this.passthrough.keys().next().value!);
+      this.dropPassthrough(this.passthrough.keys().next().value!);
       this.passthroughEvicted++;
     }
     this.passthrough.set(natPort, client);
+    this.passthroughByClient.set(connectionKey(client.addr, client.port), client);
+  }
+
+  private dropPassthrough(natPort: number): void {
+    const c = this.passthrough.get(natPort);
+    if (!c) return;
+    this.passthrough.delete(natPort);
+    this.passthroughByClient.delete(connectionKey(c.addr, c.port));
   }
 
   /** The client of a refused connection with this NAT port, if any. */
@@ -175,7 +188,7 @@ export class ConnectionTable {
   }
 
   private bindNat(conn: ReplicatedConnection, port: number): Array<{ seg: TcpSegment; at: number }> {
-    this.passthrough.delete(port); // the port is a tracked connection's now
+    this.dropPassthrough(port); // the port is a tracked connection's now
     const old = this.byNatPort.get(port);
     if (old && old !== conn) old.natPort = undefined;
     conn.natPort = port;
@@ -194,11 +207,38 @@ export class ConnectionTable {
    * get a port a spliced connection had toward the old one (found by the simulator, seed 211:
    * the new connection's segments were taken for the old one's and ignored).
    */
-  forgetNat(): void {
+  /** The refused connection of this client, if its NAT port is known. */
+  passedThroughClient(addr: number, port: number): ClientEnd | undefined {
+    return this.passthroughByClient.get(connectionKey(addr, port));
+  }
+
+  forgetNat(): ClientEnd[] {
     this.pendingNat.clear();
     for (const c of this.byNatPort.values()) c.natPort = undefined;
     this.byNatPort.clear();
+    // Refused connections to the old original are fenced with it: nothing carries them on, and
+    // their clients would retransmit into the fence (found by the simulator, seed 211). Their
+    // next segment is answered with a RST (orphaned()).
+    const orphaned = [...this.passthrough.values()];
+    for (const c of orphaned) {
+      if (this.orphans.size >= MAX_PASSTHROUGH) this.orphans.delete(this.orphans.keys().next().value!);
+      this.orphans.add(connectionKey(c.addr, c.port));
+    }
     this.passthrough.clear();
+    this.passthroughByClient.clear();
+    return orphaned;
+  }
+
+  /** Was this client's connection refused and then fenced with its original? (Forgotten once
+   * the client resets or opens a new connection from that port.) */
+  orphaned(addr: number, port: number, flags: { rst: boolean; syn: boolean }): boolean {
+    const key = connectionKey(addr, port);
+    if (!this.orphans.has(key)) return false;
+    if (flags.rst || flags.syn) {
+      this.orphans.delete(key);
+      return false;
+    }
+    return true;
   }
 
   /** Counts a segment that belongs to nothing the engine follows. */

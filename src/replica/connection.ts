@@ -88,6 +88,9 @@ export class ReplicatedConnection {
   unackedSince: number | undefined;
   /** Reset toward the client, waiting for its challenge ACK if the first RST missed (RFC 5961). */
   resetting = false;
+  /** The reset sent again (a lost RST leaves an idle client waiting forever): how often, next. */
+  resetsResent = 0;
+  resetAgainAt: number | undefined;
 
   readonly shadows = new Map<string, ShadowConversation>();
   /** Replicas that joined after this connection opened: never promoted for it. */

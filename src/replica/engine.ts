@@ -94,6 +94,7 @@ export class ReplicationEngine {
     notReplicated: 0,
     halfOpenExpired: 0,
     closesPassedThrough: 0,
+    orphansReset: 0,
     clientBytes: 0,
     originalBytes: 0,
   };
@@ -278,6 +279,7 @@ export class ReplicationEngine {
         else if (f.verdict === "suspect") suspect ??= f;
       }
       this.closeHold.expire(conn, now, want);
+      this.splicer.resendReset(conn, now, want);
       const sp = conn.spliced;
       if (sp && conn.phase === "open" && !this.splicer.timer(conn, now, want)) {
         // Its client stopped acknowledging what the engine retransmitted: it was reset.
@@ -355,7 +357,13 @@ export class ReplicationEngine {
     this.promotions++;
     this.detector.promoted();
     this.original = r.info.address;
-    this.table.forgetNat();
+    for (const c of this.table.forgetNat()) {
+      // A refused connection on the replaced original: fenced with it, nothing carries it on.
+      // Reset where its client expects the next byte (a client waiting for data sends nothing).
+      if (c.lastAck === undefined) continue;
+      this.counters.orphansReset++;
+      this.outbox.send(this.resetTo(c.addr, c.port, c.lastAck), "client");
+    }
     this.outbox.push({ type: "promote", replica: id, original: r.info.address, previous: old });
     this.outbox.event({ type: "promoted", replica: id, ...report });
     if (this.replicas.promotableCount() === 0)
@@ -402,6 +410,7 @@ export class ReplicationEngine {
         notReplicated: k.notReplicated,
         halfOpenExpired: k.halfOpenExpired,
         closesPassedThrough: k.closesPassedThrough,
+        orphansReset: k.orphansReset,
         passthroughEvicted: this.table.passthroughEvicted,
       },
       clientBytes: k.clientBytes,
@@ -474,6 +483,7 @@ export class ReplicationEngine {
     const key = connectionKey(seg.src, seg.srcPort);
     let conn = this.table.get(key);
     if (seg.flags & SYN && !(seg.flags & ACK)) {
+      this.table.orphaned(seg.src, seg.srcPort, { rst: false, syn: true }); // a new connection
       // A retransmitted SYN (but one that follows a reset: the client is still trying).
       if (conn && conn.clientIsn === seg.seq && !conn.resetting) return;
       if (conn) this.lifecycle.abortConnection(conn); // the client reused its port: the old one is over
@@ -499,6 +509,16 @@ export class ReplicationEngine {
       // the kernel path serves it alone (the last kind's closes are passed on, see adopt()).
       this.table.unmatch("client-unknown-connection");
       if (seg.flags & ACK) for (const w of this.table.adopt(seg)) this.onOriginal(w.seg, w.at);
+      const refused = seg.flags & ACK ? this.table.passedThroughClient(seg.src, seg.srcPort) : undefined;
+      if (refused) refused.lastAck = seg.ack;
+      if (
+        seg.flags & ACK &&
+        this.table.orphaned(seg.src, seg.srcPort, { rst: (seg.flags & RST) !== 0, syn: false })
+      ) {
+        // Refused, then fenced with its original: reset where the client expects the next byte.
+        this.counters.orphansReset++;
+        this.outbox.send(this.resetFor(seg), "client");
+      }
       return;
     }
     if (conn.phase === "closed" && conn.clientRst) return;
@@ -736,6 +756,32 @@ export class ReplicationEngine {
     }
     const off = toOffset(seg.seq, conn.originalIsn, conn.original.end);
     return !near(off, conn.original.end, conn.original.end);
+  }
+
+  /** A RST (no ACK) toward the sender of client segment `seg`, at the sequence it expects. */
+  private resetFor(seg: TcpSegment): TcpSegment {
+    return this.resetTo(seg.src, seg.srcPort, seg.ack);
+  }
+
+  private resetTo(addr: number, port: number, seq: number): TcpSegment {
+    return {
+      tos: 0,
+      id: this.outbox.nextIpId(),
+      dontFragment: true,
+      ttl: 64,
+      src: this.config.vip,
+      dst: addr,
+      ipOptions: new Uint8Array(0),
+      srcPort: this.config.port,
+      dstPort: port,
+      seq,
+      ack: 0,
+      flags: RST,
+      window: 0,
+      urgent: 0,
+      options: [],
+      payload: new Uint8Array(0),
+    };
   }
 
   /** The original's segment as the kernel path would have delivered it to the client. */

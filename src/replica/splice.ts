@@ -43,6 +43,8 @@ export function survivor(conn: ReplicatedConnection, s: ShadowConversation): Sha
   return found;
 }
 
+/** Times a reset toward a client is sent again (200, 400, 800 ms after it: within the linger). */
+export const RESET_RESENDS = 3;
 /** Unanswered retransmissions toward a spliced connection's client before it is reset. */
 export const MAX_SPLICE_BACKOFFS = 12;
 
@@ -308,6 +310,20 @@ export class Splicer {
     } else if (conn.spliceFinSent && s.replicaFinOffset !== undefined) {
       this.outbox.send(this.toClient(conn, toSeq(s.replicaFinOffset, isn), FIN), "client");
     }
+  }
+
+  /** Sends a reset again now and then while the connection lingers (a RST can be lost, and a
+   * client waiting for data sends nothing that would draw another: found by the simulator, seed
+   * 241). Reports when to look again. */
+  resendReset(conn: ReplicatedConnection, now: number, want: (t: number) => void): void {
+    if (!conn.resetting || conn.resetsResent >= RESET_RESENDS) return;
+    if (conn.resetAgainAt === undefined) conn.resetAgainAt = now + this.config.rto.initialMs;
+    if (now >= conn.resetAgainAt) {
+      this.resetClient(conn);
+      conn.resetsResent++;
+      conn.resetAgainAt = now + this.config.rto.initialMs * 2 ** conn.resetsResent;
+    }
+    if (conn.resetsResent < RESET_RESENDS) want(conn.resetAgainAt);
   }
 
   /** Resets the client's connection: at what it acknowledged and at what it may have received. */

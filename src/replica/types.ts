@@ -224,6 +224,8 @@ export interface EngineStats {
     closesPassedThrough: number;
     /** Not-replicated connections forgotten at MAX_PASSTHROUGH: their closes stay held. */
     passthroughEvicted: number;
+    /** Not-replicated connections on a replaced original, reset toward their client. */
+    orphansReset: number;
   };
   clientBytes: number;
   originalBytes: number;

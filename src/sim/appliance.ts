@@ -72,6 +72,8 @@ export class Appliance {
   private tickTimer: { timer: Timer; at: number } | undefined;
   /** Called after every engine call (the simulator checks invariants there). */
   afterEngine: () => void = () => undefined;
+  /** Each engine event as it comes out. */
+  onEvent: (event: EngineEvent) => void = () => undefined;
   /** Outputs toward the client, with how they got there. */
   onClientSegment: (seg: TcpSegment, via: ClientVia) => void = () => undefined;
 
@@ -258,6 +260,7 @@ export class Appliance {
         this.route(o.segment);
       } else if (o.type === "event") {
         this.events.push({ at: this.now, event: o.event });
+        this.onEvent(o.event);
       } else if (o.type === "probe") {
         this.probe(o.id, o.address, o.timeoutMs);
       } else {

@@ -70,11 +70,17 @@ const failures: RunResult[] = [];
 let runs = 0;
 let steps = 0;
 let simMs = 0;
+let promotions = 0;
+let falsePromotions = 0;
+let connections = 0;
 for (let s = opt.from; s < opt.from + opt.seeds && Date.now() < deadline; s++) {
   const r = runSeed(s);
   runs++;
   steps += r.steps;
   simMs += r.simMs;
+  promotions += r.promotions;
+  falsePromotions += r.falsePromotions;
+  connections += r.connections;
   if (!r.ok) {
     show(r);
     failures.push(r);
@@ -87,11 +93,14 @@ const summary = {
   runs,
   failures: failures.map((f) => ({ seed: f.seed, violation: f.violation })),
   steps,
+  connections,
+  promotions,
+  falsePromotions,
   simulatedSeconds: simMs / 1000,
   wallSeconds: secs,
 };
 process.stdout.write(
-  `sim: ${runs} seeds from ${opt.from} in ${secs.toFixed(1)} s (${(simMs / 1000).toFixed(0)} s simulated, ${steps} steps): ${failures.length} violation(s)\n`,
+  `sim: ${runs} seeds from ${opt.from} in ${secs.toFixed(1)} s (${(simMs / 1000).toFixed(0)} s simulated, ${steps} steps, ${connections} connections, ${promotions} promotions, ${falsePromotions} of them of a serving original): ${failures.length} violation(s)\n`,
 );
 if (opt.json) writeFileSync(opt.json, JSON.stringify(summary, null, 2) + "\n");
 process.exit(failures.length > 0 ? 1 : 0);

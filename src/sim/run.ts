@@ -71,6 +71,9 @@ export interface RunResult {
   outcomes: Record<string, number>;
   faults: string[];
   promotions: number;
+  /** Promotions while the original they replaced was serving (up, running, linked): failovers
+   * of a healthy server (issue 16 measures and lowers these). */
+  falsePromotions: number;
   counted: { diverged: number; lagging: number; unverified: number; captureGaps: number };
   clientBytes: number;
   /** Recent engine events before a violation (for the replay's reader). */
@@ -417,6 +420,15 @@ export function runSeed(
   const promotedTo = (r: string) =>
     appliance.events.some((e) => e.event.type === "promoted" && e.event.replica === r);
 
+  // The kernel path's original before each promotion: was it serving when it was replaced?
+  let falsePromotions = 0;
+  let currentOriginal = "original";
+  let switchover = false; // a promotion asked for (a fault of kind "promote") is no failover
+  appliance.onEvent = (e) => {
+    if (e.type !== "promoted") return;
+    if (!switchover && serving(currentOriginal)) falsePromotions++;
+    currentOriginal = e.replica;
+  };
   const faultLog: string[] = [];
   for (const f of sc.faults) {
     sched.at(f.at, () => {
@@ -424,8 +436,11 @@ export function runSeed(
       opts.trace?.(`${(sched.now / 1000).toFixed(3)} ms FAULT ${describe(f)}`);
       if (f.kind === "promote") {
         // A switchover forced on a replica still in the set (not removed, not promoted).
-        if (appliance.engine.replicaIds().includes(f.target) && !promotedTo(f.target))
+        if (appliance.engine.replicaIds().includes(f.target) && !promotedTo(f.target)) {
+          switchover = true;
           appliance.promote(f.target);
+          switchover = false;
+        }
         return;
       }
       if (f.kind === "capture-stall") {
@@ -542,6 +557,7 @@ export function runSeed(
     outcomes,
     faults: faultLog,
     promotions: st.failures.promotions,
+    falsePromotions,
     counted: {
       diverged: sum("diverged"),
       lagging: sum("lagging"),
