@@ -64,6 +64,7 @@ async function planted<T extends object, K extends keyof T>(
 function corrupting(
   to: "replica" | "client",
 ): (this: Outbox, segment: TcpSegment, dest: "replica" | "client") => void {
+  // eslint-disable-next-line @typescript-eslint/unbound-method -- called with its own `this` below
   const orig = Outbox.prototype.send;
   return function (this: Outbox, segment, dest) {
     if (dest === to && segment.payload.length > 0 && !corrupted.has(this)) {
@@ -105,6 +106,7 @@ t.test("the simulator catches a buffer beyond its limit", async (t) => {
 });
 
 t.test("the simulator catches a close released while the replicas keep the connection open", async (t) => {
+  // eslint-disable-next-line @typescript-eslint/unbound-method -- called with its own `this` below
   const orig = CloseHold.prototype.onOriginalClose;
   await planted(
     CloseHold.prototype,
