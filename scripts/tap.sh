@@ -26,7 +26,7 @@ phase() {
 if [ $# -gt 0 ]; then
   phase "$@"
 else
-  phase dist/test/unit dist/test/lab dist/test/*.test.js dist/test/control/*.test.js
+  phase dist/test/unit dist/test/sim dist/test/lab dist/test/*.test.js dist/test/control/*.test.js
   phase --jobs=1 dist/test/load dist/test/control/load
 fi
 # A test killed by tap's timeout cannot run its teardown: remove what such a test left.
