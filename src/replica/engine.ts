@@ -513,6 +513,7 @@ export class ReplicationEngine {
       if (refused) refused.lastAck = seg.ack;
       if (
         seg.flags & ACK &&
+        !refused && // a new connection from that port, passed through (its SYN lost to capture)
         this.table.orphaned(seg.src, seg.srcPort, { rst: (seg.flags & RST) !== 0, syn: false })
       ) {
         // Refused, then fenced with its original: reset where the client expects the next byte.
@@ -563,7 +564,13 @@ export class ReplicationEngine {
       const ackedBefore = conn.clientAckOffset;
       if (ackOff > conn.clientAckOffset) conn.clientAckOffset = ackOff;
       if (conn.spliced)
-        this.splicer.clientAcked(conn, ackedBefore, seg.payload.length === 0 && !(seg.flags & FIN), now);
+        this.splicer.clientAcked(
+          conn,
+          ackedBefore,
+          // A duplicate ACK carries no data, no FIN and the same window (RFC 5681).
+          seg.payload.length === 0 && !(seg.flags & FIN) && seg.window === oldWindow,
+          now,
+        );
       this.passiveRtt.clientAck(conn, ackOff, now);
       const replyEnd = conn.original.end + (conn.originalFinOffset === conn.original.end ? 1 : 0);
       // After a splice the client acknowledges the new original's bytes, which we send ourselves.

@@ -268,6 +268,9 @@ export class Splicer {
   clientAcked(conn: ReplicatedConnection, before: number, pureAck: boolean, now: number): void {
     const s = conn.spliced;
     if (!s) return;
+    // A client that answers with a zero window is alive and only slow to read: its answers reset
+    // the backoff (as Linux does for a peer answering window probes), or a download would be cut.
+    if (conn.lastClientWindow === 0) conn.spliceBackoffs = 0;
     if (conn.clientAckOffset > before) {
       conn.spliceBackoffs = 0;
       conn.spliceDupAcks = 0;

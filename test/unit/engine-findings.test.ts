@@ -181,7 +181,10 @@ class Flow {
    * A client segment carrying `data`, acknowledging `ack` units of the reply stream; at stream
    * offset `at` if given (a retransmission, a window probe), else after what the client sent.
    */
-  client(data: string, o: { ack?: number; flags?: number; ts?: Timestamps; at?: number } = {}): TcpSegment[] {
+  client(
+    data: string,
+    o: { ack?: number; flags?: number; ts?: Timestamps; at?: number; window?: number } = {},
+  ): TcpSegment[] {
     const flags = o.flags ?? ACK;
     const at = o.at ?? this.clientSent;
     const s = seg({
@@ -194,6 +197,7 @@ class Flow {
       flags,
       options: o.ts ? timestamps(o.ts) : [],
       payload: bytes(data),
+      ...(o.window !== undefined ? { window: o.window } : {}),
     });
     this.clientSent = Math.max(this.clientSent, at + data.length + (flags & FIN ? 1 : 0));
     const out = this.a.feed(s);
@@ -725,6 +729,36 @@ t.test(
   },
 );
 
+t.test("a spliced client's ACKs that only change its window are no duplicate ACKs", async (t) => {
+  // Review of the fix above (RFC 5681: a duplicate ACK leaves the window alone).
+  const { a, f } = spliced();
+  a.toClient(f.replica("r1", 1, "b", 1));
+  const sent = [2000, 3000, 4000].flatMap((window) => a.toClient(f.client("", { ack: 1, window })));
+  t.same(
+    sent.filter((s) => s.payload.length > 0),
+    [],
+    "three window updates at the same ACK: nothing resent",
+  );
+});
+
+t.test("a spliced client that keeps answering with a zero window is not reset", async (t) => {
+  // Review of the fix above: only an ACK that advanced restarted the backoff, so a client that
+  // stopped reading for 21 s after a failover was reset (Linux never times out such a peer).
+  const { a, f } = spliced();
+  a.toClient(f.replica("r1", 1, "b", 1));
+  const start = a.now;
+  let resets = 0;
+  // Each of the engine's retransmissions is answered: same ACK, window 0.
+  for (let i = 0; i < 1000 && a.now < start + 40_000; i++) {
+    const out = a.runUntil(a.now + 2500, () => true);
+    resets += out.filter((x) => x.s.flags & RST).length;
+    a.toClient(f.client("", { ack: 1, window: 0 }));
+  }
+  t.ok(a.now >= start + 30_000, `answered for ${a.now - start} ms`);
+  t.equal(resets, 0, "never reset");
+  t.equal(a.engine.connection(CLIENT, CPORT)!.phase, "open", "the connection goes on");
+});
+
 t.test(
   "a spliced client's segment that brings nothing new is acknowledged at once; window updates reach it",
   async (t) => {
@@ -874,6 +908,32 @@ t.test("refused connections on a replaced original are reset toward their client
   );
   t.equal(a.engine.stats().connections.orphansReset, 3, "nothing more reset");
 });
+
+t.test(
+  "an orphaned client port's new connection whose SYN the capture lost is passed through, not reset",
+  async (t) => {
+    // Review of the two fixes above together: the handshake ACK of the new connection (its NATed
+    // SYN seen) was adopted, then answered as an orphan's with a RST.
+    const a = new Appliance(["r1"], { limits: { ...DEFAULT_LIMITS, maxConnections: 1 } });
+    new Flow(a).open();
+    const b = new Flow(a, CPORT + 1, 2000);
+    b.syn();
+    b.natSyn(50_001);
+    b.client("", { ack: 0 }); // B's client's ACK is seen: it becomes an orphan at the promotion
+    a.engine.promote("r1", a.now);
+    a.take();
+    // B's client opens a new connection from the same port; its SYN is lost to capture, its NATed
+    // SYN (toward the new original) is seen.
+    const again = new Flow(a, CPORT + 1, 7000);
+    again.originalAt = REPLICA_ADDRESSES.r1!;
+    again.natSyn(50_002);
+    t.same(
+      again.client("").filter((s) => s.flags & RST),
+      [],
+      "its handshake ACK draws no RST",
+    );
+  },
+);
 
 t.test("a reset toward a client is sent again 200, 400 and 800 ms later while it lingers", async (t) => {
   // Found by the simulator (seed 241): a RST lost toward an idle client (it sends nothing that
