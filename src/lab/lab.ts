@@ -816,6 +816,10 @@ export interface FaultReport {
   /** When the failure took effect (ms since the epoch, sub-ms precision): signals sent, or the
    * link command finished. Benchmarks measure the failover stall from here. */
   injectedAt: number;
+  /** When the injection began (before the link command ran): the failure cannot be older. A test
+   * that checks something happened only after the failure compares with this (the link command
+   * can return milliseconds after the link went down, and the failover may be faster). */
+  startedAt: number;
 }
 
 const preciseNow = () => performance.timeOrigin + performance.now();
@@ -829,6 +833,7 @@ export async function labKill(nameArg: string, target: string, modeArg: string):
   const service = state.services[backend.role];
   let pids: number[] = [];
   let injectedAt = 0;
+  const startedAt = preciseNow();
   switch (mode) {
     case "process":
     case "freeze": {
@@ -863,7 +868,7 @@ export async function labKill(nameArg: string, target: string, modeArg: string):
   }
   state.faults.push({ target, mode, at: new Date().toISOString() });
   await saveState(state);
-  return { target, mode, pids, injectedAt };
+  return { target, mode, pids, injectedAt, startedAt };
 }
 
 /** `lab kill` on a virtual-machine lab: TARGET is "original" (the current one) or a machine name. */
@@ -882,7 +887,7 @@ async function killMachine(state: LabState, target: string, mode: FaultMode): Pr
   const injectedAt = await vmKill(vm, machine, mode);
   state.faults.push({ target: machine, mode, at: new Date().toISOString() });
   await saveState(state);
-  return { target: machine, mode, pids: [], injectedAt };
+  return { target: machine, mode, pids: [], injectedAt, startedAt: injectedAt };
 }
 
 async function apiGet(api: { url: string }, path: string): Promise<unknown> {

@@ -19,6 +19,8 @@ export const MAX_PASSTHROUGH = 65_536;
 export interface ClientEnd {
   addr: number;
   port: number;
+  /** The client's ISN (a SYN-ACK acknowledging another one is a new connection's). */
+  isn: number;
   /** The client's latest acknowledgement seen (where it expects the next byte). */
   lastAck?: number;
 }
@@ -154,11 +156,16 @@ export class ConnectionTable {
     const nat = this.pendingNat.get(isn);
     if (nat === undefined) return [];
     this.pendingNat.delete(isn);
-    this.passThrough(nat, { addr: seg.src, port: seg.srcPort });
+    this.passThrough(nat, { addr: seg.src, port: seg.srcPort, isn });
     const waiting = this.unbound.get(nat) ?? [];
     this.unbound.delete(nat);
     this.unboundCount -= waiting.length;
     return waiting;
+  }
+
+  /** A deleted connection's closes are passed on from now on (its NAT port is free again). */
+  remember(natPort: number, client: ClientEnd): void {
+    if (!this.byNatPort.has(natPort)) this.passThrough(natPort, client);
   }
 
   private passThrough(natPort: number, client: ClientEnd): void {
@@ -176,6 +183,13 @@ export class ConnectionTable {
     if (!c) return;
     this.passthrough.delete(natPort);
     this.passthroughByClient.delete(connectionKey(c.addr, c.port));
+  }
+
+  /** A SYN-ACK on a passed-through port that answers another client ISN is a new connection's:
+   * closes on the port are no longer passed on to the old client. */
+  synAckOn(natPort: number, ack: number): void {
+    const c = this.passthrough.get(natPort);
+    if (c && ack !== (c.isn + 1) >>> 0) this.dropPassthrough(natPort);
   }
 
   /** The client of a refused connection with this NAT port, if any. */

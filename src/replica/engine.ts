@@ -204,7 +204,12 @@ export class ReplicationEngine {
   flush(now: number): void {
     for (const conn of this.dirty) {
       if (conn.spliced) this.splicer.forward(conn, conn.spliced, undefined, 0);
-      for (const s of conn.shadows.values()) this.sender.flush(conn, s, now);
+      for (const s of conn.shadows.values()) {
+        this.sender.flush(conn, s, now);
+        // An ACK just sent may have been the last word: a shadow whose FINs are both acknowledged
+        // is over (else it waited, live, for a segment that never comes).
+        this.lifecycle.maybeCloseShadow(conn, s);
+      }
     }
     this.dirty.clear();
   }
@@ -300,6 +305,7 @@ export class ReplicationEngine {
         // A replica that has every byte but has not closed yet (its application is slow, or
         // paused) is waited for: a RST now would discard what it has not read, and its state
         // would silently differ (found by the simulator, seed 625). Bounded by SHADOW_CLOSE_MS.
+        for (const s of conn.shadows.values()) if (s.live) this.lifecycle.maybeCloseShadow(conn, s);
         const finishing = [...conn.shadows.values()].some((s) => s.live && caughtUp(conn, s));
         const end = conn.closedAt + (finishing ? SHADOW_CLOSE_MS : this.config.lingerMs);
         if (now >= end) {
@@ -489,7 +495,7 @@ export class ReplicationEngine {
       if (conn) this.lifecycle.abortConnection(conn); // the client reused its port: the old one is over
       if (this.table.size >= this.config.limits.maxConnections) {
         this.counters.notReplicated++;
-        this.table.refuse(seg.seq, { addr: seg.src, port: seg.srcPort });
+        this.table.refuse(seg.seq, { addr: seg.src, port: seg.srcPort, isn: seg.seq });
         return;
       }
       conn = new ReplicatedConnection(
@@ -647,6 +653,9 @@ export class ReplicationEngine {
 
   private onOriginal(seg: TcpSegment, now: number): void {
     const conn = this.table.byNat(seg.dstPort);
+    // A SYN-ACK on a passed-through port is a new connection's (its NATed SYN not handled yet):
+    // the port is no longer the old one's.
+    if (!conn && seg.flags & SYN) this.table.synAckOn(seg.dstPort, seg.ack);
     const refused = conn ? undefined : this.table.passedThrough(seg.dstPort);
     if (refused) {
       // Not replicated (the table was full): its close goes on as the kernel path would send it.
@@ -739,6 +748,9 @@ export class ReplicationEngine {
       this.closeHold.onOriginalClose(conn, kind, this.clientView(conn, seg), now);
     }
     this.gaps.check(conn, now);
+    // The original's ACK of the client's FIN may be the last word (found by the simulator, seed
+    // 2: such a connection stayed open, in the table, for good).
+    this.lifecycle.checkDone(conn, now);
     this.limits.enforce(conn);
   }
 

@@ -117,7 +117,12 @@ export class Lifecycle {
       : conn.held?.released === true &&
         (conn.held.kind === "rst" ||
           (conn.originalFinOffset !== undefined && conn.clientAckOffset >= conn.originalFinOffset + 1));
-    if (clientDone && serverDone) this.markClosed(conn, now);
+    // After a confirmed capture gap with no shadow left, the client's side cannot be followed any
+    // more (its FIN may be among what the capture lost): the server's side being done is the end
+    // of what the engine can do (found by the simulator, seed 56: such a connection stayed open
+    // in the table for good). Later closes still reach the client (deleteConnection).
+    const untrackable = conn.captureGap && ![...conn.shadows.values()].some((s) => s.live);
+    if ((clientDone || untrackable) && serverDone) this.markClosed(conn, now);
   }
 
   /** The client reused its port: the old connection is over. */
@@ -155,6 +160,14 @@ export class Lifecycle {
     conn.original.clear();
     this.buffers.account(conn);
     this.table.delete(conn);
+    // The kernel still holds the original's FIN/RST for it: a late one (a reset answering a
+    // client that writes after the close) must still reach the client.
+    if (conn.natPort !== undefined && conn.phase !== "syn")
+      this.table.remember(conn.natPort, {
+        addr: conn.clientAddr,
+        port: conn.clientPort,
+        isn: conn.clientIsn,
+      });
     this.dirty.delete(conn);
     if (conn.phase !== "syn") this.closed++;
     if (conn.phase !== "syn") this.outbox.event({ type: "connection-closed", conn: conn.id });

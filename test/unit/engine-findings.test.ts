@@ -1092,3 +1092,45 @@ t.test(
     t.equal(a.engine.stats().replicas[0]?.comparedBytes, banner.length, "counted");
   },
 );
+
+t.test(
+  "a connection closes when the original's acknowledgement of the client's FIN comes last",
+  async (t) => {
+    // Found by the simulator (seed 2): only a client or replica segment checked whether both sides
+    // were done, so such a connection stayed open, in the table, for good.
+    const { a, f } = answered();
+    f.original("", { flags: FIN | ACK, ack: 1 });
+    f.replica("r1", 1, "", 1, FIN | ACK);
+    f.client("", { ack: 2, flags: FIN | ACK }); // the client acknowledges the FIN and closes
+    const conn = a.engine.connection(CLIENT, CPORT)!;
+    t.equal(conn.phase, "open", "the original has not acknowledged the client's FIN yet");
+    f.original("", { ack: 2 }); // ...now it has
+    t.equal(conn.phase, "closed", "both sides done: closed");
+  },
+);
+
+t.test("after a capture gap with no shadow left, the server's close ends the connection", async (t) => {
+  // Found by the simulator (seed 56): the client's bytes (and its FIN) were lost to capture; the
+  // engine waited for a client FIN it could never see.
+  const a = new Appliance(["r1"]);
+  const f = new Flow(a);
+  f.open();
+  f.replicaSynAck("r1", 70_000);
+  f.clientSent += 20; // 20 client bytes and its FIN the capture never delivered
+  f.original("ok", { ack: 21 }); // the original acknowledges them: a confirmed gap
+  const conn = a.engine.connection(CLIENT, CPORT)!;
+  t.ok(conn.captureGap, "the gap is confirmed at once (no capture times)");
+  t.equal([...conn.shadows.values()].filter((s) => s.live).length, 0, "the shadow is given up");
+  f.original("", { flags: FIN | ACK, ack: 21 });
+  f.client("", { ack: 3 }); // the client acknowledges the original's FIN
+  t.equal(conn.phase, "closed", "nothing left to follow: closed");
+  a.tick(a.now + a.engine.config.lingerMs + 1);
+  t.equal(a.engine.connection(CLIENT, CPORT), undefined, "and deleted after its linger");
+  // A late RST of the original (the client wrote after the close) still reaches the client.
+  const late = a.toClient(f.original("", { flags: RST | ACK, ack: 21 }));
+  t.same(
+    late.map((s) => s.flags & RST),
+    [RST],
+    "the deleted connection's later reset is passed on",
+  );
+});
