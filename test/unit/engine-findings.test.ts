@@ -1134,3 +1134,29 @@ t.test("after a capture gap with no shadow left, the server's close ends the con
     "the deleted connection's later reset is passed on",
   );
 });
+
+t.test(
+  "a shadow ends when the ACK of its replica's FIN goes out, not only when the replica speaks",
+  async (t) => {
+    // Found by the lab (failover-replicas: replication never went idle once closed connections
+    // waited for their replicas): the replica's FIN came before the client acknowledged the
+    // original's, so the engine's ACK of it was the last segment of the conversation, and nothing
+    // looked at the shadow again.
+    const { a, f } = answered();
+    f.client("", { ack: 1, flags: FIN | ACK }); // the client closes
+    f.replica("r1", 1, "", 2); // r1 acknowledges the client's FIN...
+    f.replica("r1", 1, "", 2, FIN | ACK); // ...and closes too
+    f.original("", { flags: FIN | ACK, ack: 2 }); // the original closes: released, both closed alike
+    const s = a.engine.connection(CLIENT, CPORT)!.shadows.get("r1")!;
+    t.equal(
+      s.state,
+      "open",
+      "r1's FIN is not acknowledged yet: the client has not acknowledged the original's",
+    );
+    f.client("", { ack: 2 }); // the client acknowledges the original's FIN: the engine ACKs r1's
+    t.equal(s.state, "closed", "the shadow is over");
+    t.equal(a.engine.connection(CLIENT, CPORT)!.phase, "closed");
+    a.tick(a.now + a.engine.config.lingerMs + 1);
+    t.equal(a.engine.connection(CLIENT, CPORT), undefined, "deleted after the linger, not 60 s later");
+  },
+);
