@@ -261,13 +261,17 @@ export class Proxy {
    * keep their conntrack entry: every SYN retransmission would follow it to the fenced host and
    * the client would hang. That is SYN_SENT (no answer yet) and also SYN_RECV (the original's
    * SYN-ACK passed but was lost before the client: found by the simulator, seed 19, where the
-   * client retried for two minutes). Deleting those entries (established connections are the
+   * client retried for two minutes), and CLOSE (the original refused the SYN just before it was
+   * fenced: a SYN retransmission revives a CLOSE entry with its old NAT mapping, the reopen rule
+   * of nf_conntrack_proto_tcp applying only to a close begun from the client's side; four
+   * clients of the lab's failover-newconns test waited 5 s for nothing). Deleting those entries
+   * (established connections are the
    * engine's, spliced or reset) sends the retransmission through DNAT to the new original.
    * Returns how many were deleted.
    */
   private async forgetHalfOpen(previous: string): Promise<number | null> {
     let total = 0;
-    for (const state of ["SYN_SENT", "SYN_RECV"]) {
+    for (const state of ["SYN_SENT", "SYN_RECV", "CLOSE"]) {
       const argv = ["conntrack", "-D", "-p", "tcp", "--reply-src", previous, "--state", state];
       try {
         const r = await runStatus(argv);

@@ -275,6 +275,8 @@ export class ReplicationEngine {
       if (conn.gapSuspects.client || conn.gapSuspects.original) {
         const g = this.gaps.check(conn, now);
         if (g !== undefined) want(g);
+        // A gap confirmed now may leave nothing to wait for (seed 278).
+        this.lifecycle.checkDone(conn, now);
       }
       {
         // Every connection, also after a signal: it releases held closes of spliced connections

@@ -28,8 +28,22 @@ export function canSplice(conn: ReplicatedConnection, id: string): boolean {
     !conn.notPromotable.has(id) &&
     conn.originalIsn !== undefined &&
     s.replicaIsn !== undefined &&
-    !conn.captureGap
+    !conn.captureGap &&
+    // Every byte the original is known to have sent (before its FIN, or acknowledged by the
+    // client) must have been captured: the replica's bytes there were compared with nothing, and
+    // the client may hold the original's (found by the simulator, seed 22 with a divergent
+    // replica: a segment lost on the original's link, its FIN seen; the splice sent the
+    // replica's different bytes).
+    conn.original.end >= knownOriginalEnd(conn)
   );
+}
+
+/** The end of what the original is known to have sent: its FIN, the client's acknowledgement. */
+export function knownOriginalEnd(conn: ReplicatedConnection): number {
+  const acked =
+    conn.clientAckOffset -
+    (conn.originalFinOffset !== undefined && conn.clientAckOffset > conn.originalFinOffset ? 1 : 0);
+  return Math.max(conn.original.end, conn.originalFinOffset ?? 0, acked);
 }
 
 /** Another replica still holding `conn` open (the caught-up one first). */

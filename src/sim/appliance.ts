@@ -17,8 +17,10 @@ interface Conntrack {
   backend: number;
   natPort: number;
   /** Conntrack's state: SYN_SENT, SYN_RECV (the backend answered), ESTABLISHED (the client
-   * acknowledged). Entries not established are forgotten at a retarget. */
-  state: "syn_sent" | "syn_recv" | "established";
+   * acknowledged), CLOSE (a RST passed: a later SYN revives the entry with its mapping, as Linux
+   * does for a close the client did not begin). Entries not established are forgotten at a
+   * retarget. */
+  state: "syn_sent" | "syn_recv" | "established" | "close";
 }
 
 export interface CaptureTuning {
@@ -133,6 +135,10 @@ export class Appliance {
       this.conntrack.set(key, ct);
       this.byNat.set(`${ct.backend}:${ct.natPort}`, ct);
     }
+    // Conntrack sees the packet before the forward chain (fence, hold) drops it.
+    if (ct.state === "syn_recv" && seg.flags & ACK && !(seg.flags & SYN)) ct.state = "established";
+    if (seg.flags & RST) ct.state = "close";
+    else if (ct.state === "close" && (seg.flags & (SYN | ACK)) === SYN) ct.state = "syn_sent";
     if (this.fenced.has(ct.backend)) return this.drop("fenced");
     const out: TcpSegment = {
       ...seg,
@@ -169,9 +175,10 @@ export class Appliance {
       this.local.input(seg); // the appliance's own connections (probes)
       return;
     }
+    if (seg.flags & SYN && seg.flags & ACK && ct.state === "syn_sent") ct.state = "syn_recv";
+    if (seg.flags & RST) ct.state = "close";
     if (this.fenced.has(seg.src)) return this.drop("fenced");
     if (seg.src === this.original && seg.flags & (FIN | RST)) return this.drop("original-close-held");
-    if (seg.flags & SYN && seg.flags & ACK && ct.state === "syn_sent") ct.state = "syn_recv";
     const out: TcpSegment = {
       ...seg,
       src: c.vip,
@@ -192,8 +199,8 @@ export class Appliance {
     this.route(seg);
   }
 
-  /** New connections go to `original`; `previous` is fenced; its half-open entries forgotten
-   * (as proxy.ts does with conntrack -D for SYN_SENT and SYN_RECV). */
+  /** New connections go to `original`; `previous` is fenced; its entries that are not
+   * established forgotten (as proxy.ts does with conntrack -D: SYN_SENT, SYN_RECV, CLOSE). */
   private retarget(original: number, previous: number): void {
     this.fenced.add(previous);
     this.fenced.delete(original);

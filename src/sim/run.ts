@@ -147,6 +147,24 @@ export function scenario(seed: number): Scenario {
       },
     });
   }
+  // A stream of short connections (a connect loop) in some runs: some of them open while the
+  // original fails, before and after the promotion (found a conntrack state the failover left
+  // pointing at the fenced original: the lab's failover-newconns test).
+  if (rng.chance(0.25)) {
+    const n = rng.int(20, 60);
+    for (let i = 0; i < n; i++)
+      clients.push({
+        at: rng.int(0, 3500) * 1000,
+        host: rng.pick(CLIENTS),
+        script: {
+          requests: [{ op: "GET", n: rng.int(1, 200) }, { op: "QUIT" }],
+          ending: "quit",
+          pipeline: 2,
+          readChunk: 1 << 20,
+          readPauseUs: 0,
+        },
+      });
+  }
   const faults: Fault[] = [];
   const nFaults = rng.chance(0.25) ? 0 : rng.int(1, 3);
   for (let i = 0; i < nFaults; i++) {

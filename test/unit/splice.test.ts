@@ -73,6 +73,9 @@ t.test("canSplice: a faithful copy only", async (t) => {
     ["the original's ISN is unknown", (c) => (c.originalIsn = undefined)],
     ["the replica's ISN is unknown", (_c, s) => (s.replicaIsn = undefined)],
     ["bytes were lost by the capture", (c) => (c.captureGap = true)],
+    // The original's FIN says it sent 5 bytes, none of which was captured (seed 22).
+    ["the original's bytes before its FIN were not captured", (c) => (c.originalFinOffset = 5)],
+    ["the client acknowledged original bytes never captured", (c) => (c.clientAckOffset = 3)],
   ];
   const w = new World();
   const control = w.connection(["r1"]);
@@ -84,6 +87,7 @@ t.test("canSplice: a faithful copy only", async (t) => {
     t.notOk(canSplice(conn, "r1"), name);
   }
   const closedTogether = w.connection(["r1"]);
+  closedTogether.conn.original.write(0, bytes("hello"));
   closedTogether.conn.originalFinOffset = 5;
   closedTogether.s[0]!.replicaFinOffset = 5;
   t.ok(canSplice(closedTogether.conn, "r1"), "closed at the original's FIN: still a faithful copy");
