@@ -12,7 +12,9 @@ import type { TcpSegment } from "../../src/wire/tcp.js";
 /** Seeds 1..CI_SEEDS run on every CI run (~40 s on the 2-core machine, alone). */
 const CI_SEEDS = 48;
 /** Seeds that found a bug when it was there (docs/PROGRESS.md, session 7). */
-const FOUND = [2, 8, 19, 21, 22, 56, 114, 119, 122, 127, 211, 212, 241, 278, 288, 306, 332, 440, 625, 730, 938, 993];
+const FOUND = [
+  2, 8, 19, 21, 22, 56, 114, 119, 122, 127, 211, 212, 241, 278, 288, 306, 332, 440, 625, 730, 938, 993,
+];
 
 t.test(
   `simulator: seeds 1..${CI_SEEDS} and the seeds that once found bugs hold every invariant`,
