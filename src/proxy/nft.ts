@@ -69,9 +69,20 @@ export function renderKernelPath(c: KernelPathConfig): string {
   //   the engine sees them in its capture, the kernel never answers them with a RST;
   // - the engine's own raw packets (marked) skip conntrack;
   // - the original's FIN and RST are held: the engine releases them to the client once it knows
-  //   the close is a normal one (replicas close the same way) and not the death of the original.
+  //   the close is a normal one (replicas close the same way) and not the death of the original;
+  // - a client segment conntrack has no entry for is never picked up mid-stream (loose tracking)
+  //   and DNATed to the current original: after a failover that host does not know the
+  //   connection (a spliced one whose entry the original's RST put in CLOSE, which expires in
+  //   10 s or is deleted at the retarget), and answers with a RST; the engine carries such a
+  //   connection itself. An invalid one (a FIN with no entry) would reach the appliance's own
+  //   stack, the VIP being its address, which answers with a RST: dropped too.
   const replicationChains = rep
     ? `
+  chain guard {
+    type filter hook prerouting priority mangle; policy accept;
+    ip daddr ${c.vip} tcp dport ${c.port} ct state invalid counter drop comment "invalid-to-vip"
+    ip daddr ${c.vip} tcp dport ${c.port} ct state new tcp flags & (syn | ack | fin | rst) != syn counter drop comment "midstream-pickup"
+  }
   chain raw_prerouting {
     type filter hook prerouting priority raw; policy accept;
     ip daddr ${rep.address} tcp sport ${c.port} counter drop comment "replica-replies-to-engine"

@@ -127,7 +127,7 @@ export class ReplicationEngine {
       this.outbox,
       () => this.original,
       {
-        promote: (id, now) => this.promote(id, now),
+        promote: (id, now, captureWaitMs) => this.promote(id, now, captureWaitMs),
         removeReplica: (id) => this.removeReplica(id),
         releaseSplicedFin: (conn, s) => this.splicer.forward(conn, s, undefined, 0),
       },
@@ -259,6 +259,7 @@ export class ReplicationEngine {
     let failed: Verdict | undefined;
     let suspect: Verdict | undefined;
     this.table.expireUnbound(now, want);
+    this.splicer.resendOrphanResets(now, want);
     // Verdicts first: a promotion they cause changes what the connections below are measured
     // against (evidence gathered against the old original must not fail the new one over).
     this.detector.settle(now, want);
@@ -356,7 +357,7 @@ export class ReplicationEngine {
    * the old original, point new connections at the new one) is the I/O edge's job: see the
    * "promote" output.
    */
-  promote(id: string, now: number): SpliceReport {
+  promote(id: string, now: number, captureWaitMs = 0): SpliceReport {
     const r = this.replicas.get(id);
     if (!r || r.promoted) throw new Error(`no replica ${id} to promote`);
     const old = this.original;
@@ -370,10 +371,10 @@ export class ReplicationEngine {
       // Reset where its client expects the next byte (a client waiting for data sends nothing).
       if (c.lastAck === undefined) continue;
       this.counters.orphansReset++;
-      this.outbox.send(this.resetTo(c.addr, c.port, c.lastAck), "client");
+      this.splicer.resetOrphan(this.resetTo(c.addr, c.port, c.lastAck), now);
     }
     this.outbox.push({ type: "promote", replica: id, original: r.info.address, previous: old });
-    this.outbox.event({ type: "promoted", replica: id, ...report });
+    this.outbox.event({ type: "promoted", replica: id, ...report, captureWaitMs });
     if (this.replicas.promotableCount() === 0)
       this.outbox.event({
         type: "no-replica-left",

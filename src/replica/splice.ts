@@ -61,6 +61,8 @@ export function survivor(conn: ReplicatedConnection, s: ShadowConversation): Sha
 export const RESET_RESENDS = 3;
 /** Unanswered retransmissions toward a spliced connection's client before it is reset. */
 export const MAX_SPLICE_BACKOFFS = 12;
+/** Orphans' resets waiting to be sent again (one per refused connection at a promotion). */
+export const MAX_ORPHAN_RESETS = 4096;
 
 export interface SpliceReport {
   spliced: number;
@@ -69,6 +71,8 @@ export interface SpliceReport {
 }
 
 export class Splicer {
+  private orphanResets: Array<{ rst: TcpSegment; sent: number; at: number }> = [];
+
   constructor(
     private readonly config: Pick<EngineConfig, "vip" | "port" | "mtu" | "rto">,
     private readonly table: ConnectionTable,
@@ -341,6 +345,41 @@ export class Splicer {
       conn.resetAgainAt = now + this.config.rto.initialMs * 2 ** conn.resetsResent;
     }
     if (conn.resetsResent < RESET_RESENDS) want(conn.resetAgainAt);
+  }
+
+  /**
+   * A refused connection's client, fenced with the replaced original: reset now and, as a RST
+   * can be lost (nothing answers it), again RESET_RESENDS times (found by the simulator, seed 2
+   * with request loops: a lost RST left a client waiting for a reply for good). Bounded: the
+   * oldest pending resends go first.
+   */
+  resetOrphan(rst: TcpSegment, now: number): void {
+    this.outbox.send(rst, "client");
+    if (this.orphanResets.length >= MAX_ORPHAN_RESETS) this.orphanResets.shift();
+    this.orphanResets.push({ rst, sent: 0, at: now + this.config.rto.initialMs });
+  }
+
+  /** Resends the orphans' resets that are due; asks for the next one. */
+  resendOrphanResets(now: number, want: (t: number) => void): void {
+    if (this.orphanResets.length === 0) return;
+    const keep: typeof this.orphanResets = [];
+    for (const o of this.orphanResets) {
+      if (now >= o.at) {
+        this.outbox.send({ ...o.rst, id: this.outbox.nextIpId() }, "client");
+        o.sent++;
+        o.at = now + this.config.rto.initialMs * 2 ** o.sent;
+      }
+      if (o.sent < RESET_RESENDS) {
+        keep.push(o);
+        want(o.at);
+      }
+    }
+    this.orphanResets = keep;
+  }
+
+  /** Resets of refused connections' clients still to be sent again. */
+  get orphanResetsPending(): number {
+    return this.orphanResets.length;
   }
 
   /** Resets the client's connection: at what it acknowledged and at what it may have received. */

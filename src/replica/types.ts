@@ -152,7 +152,15 @@ export type EngineEvent =
   | { type: "unverified"; conn: string; replica: string; reason: string }
   | { type: "close-released"; conn: string; kind: "fin" | "rst"; heldMs: number; matched: boolean }
   | { type: "capture-gap"; conn: string; direction: "client" | "original"; acked: number; captured: number }
-  | { type: "promoted"; replica: string; spliced: number; reset: number; dropped: number }
+  | {
+      type: "promoted";
+      replica: string;
+      spliced: number;
+      reset: number;
+      dropped: number;
+      /** How long the promotion waited for the capture to deliver acknowledged reply bytes. */
+      captureWaitMs: number;
+    }
   | { type: "original-failure"; reason: string; conn: string; afterMs: number }
   | { type: "no-replica-left"; reason: string }
   | { type: "probe-result"; target: string; alive: boolean; reason: string; afterMs: number }

@@ -21,7 +21,12 @@ interface Conntrack {
    * does for a close the client did not begin). Entries not established are forgotten at a
    * retarget. */
   state: "syn_sent" | "syn_recv" | "established" | "close";
+  /** When a packet last refreshed the entry (µs): a CLOSE entry expires 10 s after it. */
+  seenUs: number;
 }
+
+/** nf_conntrack_tcp_timeout_close: a CLOSE entry lives 10 s past its last packet. */
+const CT_CLOSE_TIMEOUT_US = 10_000_000;
 
 export interface CaptureTuning {
   /** Delay from capture to the engine, µs (batching in the helper and the pipe). */
@@ -123,18 +128,38 @@ export class Appliance {
     this.captureCopy("client", seg);
     const key = `${seg.src}:${seg.srcPort}`;
     let ct = this.conntrack.get(key);
+    if (ct?.state === "close" && this.sched.now - ct.seenUs > CT_CLOSE_TIMEOUT_US) {
+      this.forget(key, ct);
+      ct = undefined;
+    }
     if (!ct) {
-      if ((seg.flags & (SYN | ACK | RST)) !== SYN) return this.drop("no-conntrack");
+      const kind = seg.flags & (SYN | ACK | RST | FIN);
+      // Linux: a SYN opens an entry; a bare ACK (data too) is picked up mid-stream as ESTABLISHED
+      // (nf_conntrack_tcp_loose); FIN, RST or SYN-ACK without an entry are invalid.
+      // The kernel path's guard (nft.ts): with replication, a connection is never picked up
+      // mid-stream (toward the current original it is one that host does not know: a spliced
+      // connection whose entry expired or was deleted at the failover), and an invalid segment
+      // for the VIP goes nowhere.
+      if (kind !== SYN && kind !== ACK) {
+        if (this.guardsMidstream()) return this.drop("invalid-to-vip");
+        // Without it, nothing NATs the segment: the VIP is the appliance's own address, and its
+        // stack answers a segment no socket owns with a RST.
+        if (!(seg.flags & RST)) this.refuseAsVip(seg);
+        return this.drop("no-conntrack");
+      }
+      if (kind === ACK && this.guardsMidstream()) return this.drop("midstream-pickup");
       ct = {
         clientAddr: seg.src,
         clientPort: seg.srcPort,
         backend: this.original,
         natPort: this.natPort(this.original, seg.srcPort),
-        state: "syn_sent",
+        state: kind === SYN ? "syn_sent" : "established",
+        seenUs: this.sched.now,
       };
       this.conntrack.set(key, ct);
       this.byNat.set(`${ct.backend}:${ct.natPort}`, ct);
     }
+    ct.seenUs = this.sched.now;
     // Conntrack sees the packet before the forward chain (fence, hold) drops it.
     if (ct.state === "syn_recv" && seg.flags & ACK && !(seg.flags & SYN)) ct.state = "established";
     if (seg.flags & RST) ct.state = "close";
@@ -170,11 +195,16 @@ export class Appliance {
     }
     if (seg.dst !== c.snatAddress) return this.drop("not-ours");
     if (seg.srcPort === c.port) this.captureCopy("backend", seg);
-    const ct = this.byNat.get(`${seg.src}:${seg.dstPort}`);
+    let ct = this.byNat.get(`${seg.src}:${seg.dstPort}`);
+    if (ct?.state === "close" && this.sched.now - ct.seenUs > CT_CLOSE_TIMEOUT_US) {
+      this.forget(`${ct.clientAddr}:${ct.clientPort}`, ct);
+      ct = undefined;
+    }
     if (!ct || seg.srcPort !== c.port) {
       this.local.input(seg); // the appliance's own connections (probes)
       return;
     }
+    ct.seenUs = this.sched.now;
     if (seg.flags & SYN && seg.flags & ACK && ct.state === "syn_sent") ct.state = "syn_recv";
     if (seg.flags & RST) ct.state = "close";
     if (this.fenced.has(seg.src)) return this.drop("fenced");
@@ -206,11 +236,41 @@ export class Appliance {
     this.fenced.delete(original);
     this.original = original;
     for (const [k, ct] of this.conntrack) {
-      if (ct.backend === previous && ct.state !== "established") {
-        this.conntrack.delete(k);
-        this.byNat.delete(`${ct.backend}:${ct.natPort}`);
-      }
+      if (ct.backend === previous && ct.state !== "established") this.forget(k, ct);
     }
+  }
+
+  private forget(key: string, ct: Conntrack): void {
+    this.conntrack.delete(key);
+    if (this.byNat.get(`${ct.backend}:${ct.natPort}`) === ct)
+      this.byNat.delete(`${ct.backend}:${ct.natPort}`);
+  }
+
+  /** The appliance's own stack answers a segment for the VIP that no socket owns. */
+  private refuseAsVip(seg: TcpSegment): void {
+    const len = seg.payload.length + (seg.flags & FIN ? 1 : 0);
+    const out: TcpSegment = {
+      ...seg,
+      src: this.config.vip,
+      srcPort: this.config.port,
+      dst: seg.src,
+      dstPort: seg.srcPort,
+      ttl: 64,
+      seq: seg.flags & ACK ? seg.ack : 0,
+      ack: seg.flags & ACK ? 0 : (seg.seq + len) >>> 0,
+      flags: seg.flags & ACK ? RST : RST | ACK,
+      window: 0,
+      options: [],
+      payload: new Uint8Array(0),
+    };
+    this.onClientSegment(out, "kernel");
+    this.route(out);
+  }
+
+  /** Whether the kernel path drops a connection's mid-stream pickup (nft.ts "midstream-pickup"):
+   * a method so that a test can plant the rule's absence. */
+  guardsMidstream(): boolean {
+    return true;
   }
 
   // ------------------------------------------------------------------ capture

@@ -76,6 +76,8 @@ export interface RunResult {
   falsePromotions: number;
   counted: { diverged: number; lagging: number; unverified: number; captureGaps: number };
   clientBytes: number;
+  /** What the simulated kernel path dropped, by reason (its nft rule's comment). */
+  kernelDropped: Record<string, number>;
   /** Recent engine events before a violation (for the replay's reader). */
   trace: string[];
 }
@@ -164,6 +166,32 @@ export function scenario(seed: number): Scenario {
           readPauseUs: 0,
         },
       });
+  }
+  // Request loops in some runs (the lab's INCR loops): long connections that always have a small
+  // request in flight, so the original's death finds bytes it never read (Linux resets those
+  // connections) and the clients keep talking across the failover. Drawn from a stream of their
+  // own so that the rest of each seed's world stays what it was.
+  const loops = new Rng(seed ^ 0x6c6f6f70);
+  if (loops.chance(0.25)) {
+    const n = loops.int(5, 20);
+    for (let i = 0; i < n; i++)
+      clients.push({
+        at: loops.int(0, 1000) * 1000,
+        host: loops.pick(CLIENTS),
+        script: {
+          requests: Array.from({ length: loops.int(30, 200) }, () =>
+            loops.chance(0.5)
+              ? { op: "GET" as const, n: loops.int(1, 40) }
+              : { op: "PUT" as const, data: Buffer.alloc(loops.int(1, 40), i) },
+          ),
+          ending: "quit",
+          pipeline: 1,
+          readChunk: 1 << 20,
+          readPauseUs: loops.chance(0.5) ? loops.int(100, 20_000) : 0,
+        },
+      });
+    // ... and the last request of each goes before a QUIT.
+    for (const c of clients.slice(-n)) c.script.requests.push({ op: "QUIT" });
   }
   const faults: Fault[] = [];
   const nFaults = rng.chance(0.25) ? 0 : rng.int(1, 3);
@@ -608,6 +636,7 @@ export function runSeed(
       captureGaps: st.captureGaps,
     },
     clientBytes: conns.reduce((a, c) => a + c.sentBytes, 0),
+    kernelDropped: { ...appliance.stats.kernelDropped },
     trace,
   };
 }

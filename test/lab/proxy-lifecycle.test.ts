@@ -13,6 +13,9 @@ t.test("proxy installs and removes its kernel state", async (t) => {
   const table = await inNs(ns, ["nft", "list", "table", "ip", "tcp_replicator"]);
   t.match(table.stdout, /original-close-held/, "the original's FIN/RST are held");
   t.match(table.stdout, /replica-replies-to-engine/);
+  t.match(table.stdout, /hook prerouting priority mangle/, "the guard runs before DNAT");
+  t.match(table.stdout, /ct state new tcp flags != syn \/ fin,syn,rst,ack .*midstream-pickup/);
+  t.match(table.stdout, /ct state invalid .*invalid-to-vip/);
   t.match(table.stdout, /meta mark 0x00007472 counter packets \d+ bytes \d+ notrack/);
   t.match(
     (await inNs(ns, ["ip", "-4", "addr", "show", "be0"])).stdout,

@@ -1160,3 +1160,50 @@ t.test(
     t.equal(a.engine.connection(CLIENT, CPORT), undefined, "deleted after the linger, not 60 s later");
   },
 );
+
+t.test(
+  "a failover waits for the original's capture channel: a reply the client acknowledged first is spliced",
+  async (t) => {
+    // Found by CI (failover-kill, process mode, a loaded machine): the backend channel ran behind
+    // the client's; the verdict came first, and every connection whose client had acknowledged a
+    // reply the engine had not captured yet was reset instead of spliced (30 of 50).
+    const failure = failureConfig({ probes: true, autoFailover: true, probeIntervalMs: 500 });
+    const a = new Appliance(["r1"], { failure }, 0);
+    a.channelOf = (s) => (s.src === CLIENT || s.src === SNAT ? "client" : "backend");
+    a.tick(0);
+    const periodic = a.probes.find((p) => p.target === "original" && p.reason === "periodic probe")!;
+    a.now = 1;
+    const f = new Flow(a);
+    f.open();
+    f.replicaSynAck("r1", 70_000);
+    f.client("q");
+    f.original("a");
+    f.replica("r1", 0, "a", 1);
+    f.client("", { ack: 1 });
+    a.now = 10;
+    f.client("q");
+    f.replica("r1", 1, "b", 2);
+    // The original's "b" is still in the backend channel's pipeline when the client's ACK of it
+    // arrives on the client channel; then the original dies.
+    a.now = 12;
+    f.client("", { ack: 2 });
+    a.now = 13;
+    a.engine.probeResult(periodic.id, false, 13, "ECONNREFUSED");
+    a.take();
+    const candidate = a.probes.find((p) => p.target === "r1" && /candidate/.test(p.reason));
+    if (candidate) a.engine.probeResult(candidate.id, true, 13);
+    a.take();
+    t.equal(a.engine.stats().failures.detected, 1, "the failure is detected");
+    a.tick(14);
+    t.equal(a.engine.stats().failures.promotions, 0, "the promotion waits for the backend channel");
+    a.now = 15;
+    f.original("b");
+    const out = a.tick(16);
+    t.equal(a.engine.stats().failures.promotions, 1, "promoted once the reply arrived");
+    t.match(a.eventsOf("promoted")[0], { replica: "r1", spliced: 1, reset: 0, captureWaitMs: 3 });
+    t.notOk(
+      a.toClient(out).some((s) => s.flags & RST),
+      "the client is not reset",
+    );
+  },
+);

@@ -4,7 +4,12 @@
 // refusals of new connections, held while a probe decides, bounded in number and in time.
 import t from "tap";
 import type { ReplicatedConnection } from "../../src/replica/connection.js";
-import { Election, MAX_HELD_REFUSALS, REFUSAL_HOLD_MS } from "../../src/replica/failure/election.js";
+import {
+  Election,
+  MAX_HELD_REFUSALS,
+  PROMOTION_CATCH_UP_MS,
+  REFUSAL_HOLD_MS,
+} from "../../src/replica/failure/election.js";
 import { CANDIDATE, ProbeBook } from "../../src/replica/failure/probes.js";
 import type { EngineConfig, EngineOutput } from "../../src/replica/types.js";
 import { ACK, RST, type TcpSegment } from "../../src/wire/tcp.js";
@@ -24,7 +29,7 @@ import {
 class World extends EngineParts {
   readonly probes = new ProbeBook(this.outbox);
   readonly suspected = new Set<string>();
-  readonly promoted: Array<[string, number]> = [];
+  readonly promoted: Array<[string, number, number]> = [];
   readonly election: Election;
 
   constructor(failure: Partial<EngineConfig["failure"]> = {}, replicas = ["r1", "r2"]) {
@@ -36,7 +41,8 @@ class World extends EngineParts {
       this.probes,
       (id) => this.suspected.has(id),
       this.outbox,
-      (id, now) => this.promoted.push([id, now]),
+      (id, now, waited) => this.promoted.push([id, now, waited]),
+      this.clock,
     );
   }
 
@@ -211,7 +217,7 @@ t.test(
     t.same(w.drain(), [], "its candidate probe is still pending: not asked twice");
     w.probes.markAlive("r1", 90);
     w.election.run(102);
-    t.same(w.promoted, [["r1", 102]], "promoted once it answered a probe sent at the failure");
+    t.same(w.promoted, [["r1", 102, 0]], "promoted once it answered a probe sent at the failure");
     t.notOk(w.election.running);
     w.election.run(103);
     t.equal(w.promoted.length, 1, "once");
@@ -225,7 +231,7 @@ t.test("originalFailed with autoFailover but no probes: promoted at once", async
   const w = new World({ probes: false, autoFailover: true });
   w.srtt("r2", 1);
   w.election.originalFailed("closed alone", "c", 2, 50);
-  t.same(w.promoted, [["r2", 50]]);
+  t.same(w.promoted, [["r2", 50, 0]]);
   t.equal(w.drain().filter((o) => o.type === "probe").length, 0, "no probe");
 });
 
@@ -282,4 +288,75 @@ t.test("releaseRefusals sends those selected, keeps the rest", async (t) => {
     [1, 2],
   );
   t.equal(w.election.refusalsHeld, 1);
+});
+
+/** The clock has seen the original's capture channel up to `us`. */
+function originalChannelAt(w: World, us: number): void {
+  const capture = { channel: "backend", timeUs: us };
+  w.clock.begin(capture, us / 1000);
+  w.clock.carries("original", capture);
+  w.clock.end();
+}
+
+/** A connection whose client acknowledged 5 reply bytes (seen at 10 000 µs) the capture has not
+ * delivered. */
+function acknowledgedAhead(w: World): ReplicatedConnection {
+  const conn = w.connection(["r1"]);
+  conn.clientAckOffset = 5;
+  conn.gapSuspects.original = { offset: 5, atUs: 10_000, since: 10 };
+  return conn;
+}
+
+t.test(
+  "a promotion waits for the original's capture channel to deliver reply bytes a client acknowledged",
+  async (t) => {
+    // Found by CI (failover-kill, process): under load the backend channel ran behind the
+    // client's; the verdict came first and 30 of 50 connections were reset instead of spliced.
+    const w = new World({ probes: false, autoFailover: true });
+    originalChannelAt(w, 9_000);
+    const conn = acknowledgedAhead(w);
+    const times: number[] = [];
+    w.election.originalFailed("test", "", 0, 20);
+    t.same(w.promoted, [], "not promoted while the channel may still deliver them");
+    w.election.run(21, (x) => times.push(x));
+    t.same(times, [22], "it looks again in a millisecond");
+    t.same(w.promoted, []);
+    // The bytes arrive (captured before the acknowledgement): the connection can be spliced now.
+    conn.original.write(0, new Uint8Array(5));
+    w.election.run(23);
+    t.same(w.promoted, [["r1", 23, 3]], "promoted once nothing is behind; the wait is reported");
+  },
+);
+
+t.test("a promotion stops waiting once the channel delivered later packets, or at the bound", async (t) => {
+  // The channel delivered something captured after the acknowledgement: the bytes were lost, not
+  // late (the connection is reset at the promotion: canSplice).
+  const w = new World({ probes: false, autoFailover: true });
+  originalChannelAt(w, 9_000);
+  acknowledgedAhead(w);
+  w.election.originalFailed("test", "", 0, 20);
+  t.same(w.promoted, []);
+  originalChannelAt(w, 11_999);
+  w.election.run(21);
+  t.same(w.promoted, [], "within the slack of one ring's order: still waiting");
+  originalChannelAt(w, 12_000);
+  w.election.run(22);
+  t.same(w.promoted, [["r1", 22, 2]], "past it: promoted");
+
+  // A stalled channel: the wait is bounded.
+  const s = new World({ probes: false, autoFailover: true });
+  originalChannelAt(s, 9_000);
+  acknowledgedAhead(s);
+  s.election.originalFailed("test", "", 0, 20);
+  s.election.run(20 + PROMOTION_CATCH_UP_MS - 1);
+  t.same(s.promoted, [], "waiting until the bound");
+  s.election.run(20 + PROMOTION_CATCH_UP_MS);
+  t.same(s.promoted, [["r1", 20 + PROMOTION_CATCH_UP_MS, PROMOTION_CATCH_UP_MS]], "at the bound: promoted");
+
+  // Nothing to wait for: a gap already confirmed, or no suspicion.
+  const g = new World({ probes: false, autoFailover: true });
+  originalChannelAt(g, 9_000);
+  acknowledgedAhead(g).captureGap = true;
+  g.election.originalFailed("test", "", 0, 20);
+  t.same(g.promoted, [["r1", 20, 0]], "a confirmed gap is not waited for");
 });

@@ -9,7 +9,7 @@ import { assertProperty } from "../property.js";
 import type { ReplicatedConnection } from "../../src/replica/connection.js";
 import { toSeq } from "../../src/replica/offsets.js";
 import type { ShadowConversation } from "../../src/replica/shadow.js";
-import { Splicer, canSplice, survivor } from "../../src/replica/splice.js";
+import { MAX_ORPHAN_RESETS, RESET_RESENDS, Splicer, canSplice, survivor } from "../../src/replica/splice.js";
 import type { EngineEvent } from "../../src/replica/types.js";
 import { ACK, FIN, PSH, RST, findOption, type TcpSegment } from "../../src/wire/tcp.js";
 import {
@@ -466,3 +466,41 @@ t.test(
     t.pass("the property held");
   },
 );
+
+/** A RST toward a refused connection's client port `port`. */
+function orphanRst(port: number): TcpSegment {
+  return {
+    ...fromService(port, { flags: RST, seq: 77 }),
+    src: VIP,
+    dst: CLIENT,
+    srcPort: PORT,
+    dstPort: port,
+  };
+}
+
+t.test("a refused connection's reset at a promotion is sent again, RESET_RESENDS times", async (t) => {
+  // Found by the simulator (seed 2, request loops, 8 % loss on the client's link): the one RST
+  // was lost and the client waited for its reply for good.
+  const w = new World();
+  w.splicer.resetOrphan(orphanRst(41000), 0);
+  t.equal(w.toClient().length, 1, "sent at once");
+  const sentAt: number[] = [];
+  for (let now = 0; now <= 10_000; now++) {
+    w.splicer.resendOrphanResets(now, () => undefined);
+    if (w.toClient().length > 0) sentAt.push(now);
+  }
+  const i = w.cfg.rto.initialMs;
+  t.same(sentAt, [i, i + 2 * i, i + 2 * i + 4 * i].slice(0, RESET_RESENDS), "then after 1, 2 and 4 RTOs");
+  t.equal(w.splicer.orphanResetsPending, 0, "then forgotten");
+});
+
+t.test("orphans' resets waiting to be sent again are bounded: the oldest go first", async (t) => {
+  const w = new World();
+  for (let i = 0; i < MAX_ORPHAN_RESETS + 10; i++) w.splicer.resetOrphan(orphanRst(1024 + i), 0);
+  t.equal(w.toClient().length, MAX_ORPHAN_RESETS + 10, "every one is sent once");
+  t.equal(w.splicer.orphanResetsPending, MAX_ORPHAN_RESETS, "at most MAX_ORPHAN_RESETS wait");
+  w.splicer.resendOrphanResets(w.cfg.rto.initialMs, () => undefined);
+  const again = w.toClient().map((x) => x.dstPort);
+  t.equal(again.length, MAX_ORPHAN_RESETS);
+  t.equal(Math.min(...again), 1024 + 10, "the 10 oldest were let go");
+});

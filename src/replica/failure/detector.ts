@@ -40,7 +40,7 @@ interface ReplicaSuspect {
 /** What detection needs the engine to do. */
 export interface FailureActions {
   /** Promote replica `id` (the election's choice). */
-  promote: (id: string, now: number) => void;
+  promote: (id: string, now: number, captureWaitMs: number) => void;
   /** Remove replica `id` (it failed): its shadows reset, its state freed. */
   removeReplica: (id: string) => void;
   /** Send a spliced connection's held FIN on to the client. */
@@ -78,6 +78,7 @@ export class FailureDetector {
       (id) => this.suspects.has(id),
       outbox,
       actions.promote,
+      clock,
     );
   }
 
@@ -186,7 +187,7 @@ export class FailureDetector {
   ): void {
     this.election.expireRefusals(now, want);
     this.checkReplicas(now, want);
-    this.election.run(now);
+    this.election.run(now, want);
     this.periodicProbes(now, want);
     if (this.election.failureSignaled) return;
     if (holding) {

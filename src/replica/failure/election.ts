@@ -7,10 +7,11 @@
 // refuses) or the death of the service (dropped: the client's SYN retransmission reaches the new
 // original).
 import type { TcpSegment } from "../../wire/tcp.js";
+import type { CaptureClock } from "../capture-clock.js";
 import type { ConnectionTable } from "../connection-table.js";
 import type { Outbox } from "../outbox.js";
 import type { ReplicaRecord, ReplicaSet } from "../replica-set.js";
-import { canSplice } from "../splice.js";
+import { canSplice, knownOriginalEnd } from "../splice.js";
 import type { EngineConfig } from "../types.js";
 import { CANDIDATE, type ProbeBook } from "./probes.js";
 
@@ -18,10 +19,20 @@ import { CANDIDATE, type ProbeBook } from "./probes.js";
 export const MAX_HELD_REFUSALS = 1024;
 /** A held refusal goes out after this long whatever happens (the probe was lost). */
 export const REFUSAL_HOLD_MS = 1000;
+/**
+ * A promotion waits at most this long for the original's capture channel to deliver reply bytes
+ * a client already acknowledged: spliced, such a connection continues; promoted without them, it
+ * is reset (canSplice: bytes never captured were compared with nothing). Under load the backend
+ * channel runs tens of milliseconds behind the client's (found by CI: 30 of the 50 INCR loops of
+ * failover-kill reset at a process kill, their last reply still in the capture pipeline).
+ */
+export const PROMOTION_CATCH_UP_MS = 200;
+/** Packets captured on different CPUs reach one ring this much out of time order. */
+const CATCH_UP_SLACK_US = 2000;
 
 export class Election {
   /** The original failed; the best replica is being asked whether it is alive. */
-  private current: { since: number; reason: string } | undefined;
+  private current: { since: number; reason: string; catchUpUntil?: number; catchUpFrom?: number } | undefined;
   /** A failure of the current original was signalled already (one signal per original). */
   failureSignaled = false;
   failuresDetected = 0;
@@ -37,7 +48,8 @@ export class Election {
     /** Whether a replica is suspected of failing itself (detector.ts). */
     private readonly suspected: (id: string) => boolean,
     private readonly outbox: Outbox,
-    private readonly promote: (id: string, now: number) => void,
+    private readonly promote: (id: string, now: number, captureWaitMs: number) => void,
+    private readonly clock: CaptureClock,
   ) {}
 
   get running(): boolean {
@@ -106,7 +118,7 @@ export class Election {
    * original without a sign yet: a host or link gone silently): probed first, promoted on the
    * answer; a dead one is removed and the next best asked. Without probes: at once.
    */
-  run(now: number): void {
+  run(now: number, want?: (t: number) => void): void {
     const e = this.current;
     if (!e) return;
     const best = this.bestReplica();
@@ -119,13 +131,39 @@ export class Election {
       return;
     }
     if (!this.failure.probes || this.probes.aliveSince(best) >= e.since) {
+      const behind = this.captureBehind();
+      if (behind > 0) {
+        e.catchUpFrom ??= now;
+        e.catchUpUntil ??= now + PROMOTION_CATCH_UP_MS;
+        if (now < e.catchUpUntil) {
+          want?.(Math.min(e.catchUpUntil, now + 1));
+          return;
+        }
+      }
       this.current = undefined;
-      this.promote(best, now);
+      this.promote(best, now, e.catchUpFrom === undefined ? 0 : now - e.catchUpFrom);
       return;
     }
     const r = this.replicas.get(best)!;
     const timeout = Math.max(this.failure.probeTimeoutMs, 4 * (r.lastSrttMs ?? 0));
     this.probes.request(best, r.info.address, `replica ${best}: ${CANDIDATE}`, now, timeout);
+  }
+
+  /**
+   * Open connections whose client acknowledged reply bytes the original's capture channel has not
+   * delivered yet, while that channel has delivered nothing captured after the acknowledgement:
+   * the bytes may still come. (Once it has, they were lost: waiting longer changes nothing.)
+   */
+  private captureBehind(): number {
+    const watermark = this.clock.watermarkOf("original");
+    let n = 0;
+    for (const c of this.table.values()) {
+      if (c.phase !== "open" || c.captureGap || c.spliced) continue;
+      const s = c.gapSuspects.original;
+      if (!s || c.original.end >= knownOriginalEnd(c)) continue;
+      if (watermark < (s.next ?? s).atUs + CATCH_UP_SLACK_US) n++;
+    }
+    return n;
   }
 
   /** A promotion happened (by the election or by hand): the next original starts afresh. */
