@@ -4,7 +4,7 @@
 import t from "tap";
 import type { IncrLoopResult } from "../fixtures/incr-loop.js";
 import { fileURLToPath } from "node:url";
-import { inNs, sleep, waitReplicationIdle, withLab } from "../helpers.js";
+import { inNs, proxyLogEvents, sleep, waitReplicationIdle, withLab } from "../helpers.js";
 import { labKill } from "../../src/lab/lab.js";
 import { queryStats } from "../../src/proxy/stats-client.js";
 
@@ -26,6 +26,11 @@ for (const mode of ["process", "freeze", "link", "host"] as const) {
     const results = JSON.parse(r.stdout) as IncrLoopResult[];
     for (const l of results) t.same(l.errors, [], `${l.key}: ${l.n} INCRs, no error, no gap`);
     const stats = await queryStats(state.proxy!.statsSocket);
+    if (results.some((l) => l.errors.length > 0)) {
+      // What the next reader of a red run needs: how the promotion went and what the capture lost.
+      const promoted = await proxyLogEvents(state.proxy!.log, "promoted");
+      t.comment(JSON.stringify({ promoted, captureGaps: stats.engine.captureGaps, capture: stats.capture }));
+    }
     t.equal(stats.engine.failures.promotions, 1, "one promotion");
     t.not(
       stats.engine.failures.original,
