@@ -182,6 +182,8 @@ export class Proxy {
         this.probe(o.id, o.target, formatIPv4(o.address), o.timeoutMs, o.reason, o.periodic);
       } else if (o.type === "promote") {
         this.retarget(formatIPv4(o.original), formatIPv4(o.previous));
+      } else if (o.type === "fence") {
+        this.fence(formatIPv4(o.address));
       } else if (
         o.event.type === "diverged" ||
         o.event.type === "lagging" ||
@@ -239,6 +241,21 @@ export class Proxy {
       this.flush();
     });
     this.probes.add(handle);
+  }
+
+  /**
+   * Nothing is forwarded to or from `address` any more, new connections included (their SYN
+   * retransmission reaches the new original): ahead of a promotion that waits for the capture.
+   */
+  private fence(address: string): void {
+    if (this.fenced.has(address)) return;
+    this.fenced.add(address);
+    this.kernelUpdate = this.kernelUpdate
+      .then(() => installKernelPath(undefined, this.kernelPathConfig()))
+      .then(
+        () => this.log.info({ fenced: [...this.fenced] }, "original fenced ahead of its replacement"),
+        (e: unknown) => this.log.error({ err: String(e) }, "fence failed"),
+      );
   }
 
   /** New connections go to the new original; the old one is fenced (nothing to it or from it). */
@@ -307,8 +324,26 @@ export class Proxy {
 
   /** Promotes a replica now (external failure signal or planned switchover). */
   async promote(replica: string): Promise<{ spliced: number; reset: number; dropped: number }> {
-    const report = this.engine.promote(replica, engineNow());
+    // At once, or after the capture caught up (Engine.switchover): the "promoted" event says.
+    const promoted = new Promise<{ spliced: number; reset: number; dropped: number }>((resolve, reject) => {
+      const off = this.subscribe((e) => {
+        if (e.type === "promoted" && e.replica === replica) {
+          off();
+          resolve({ spliced: e.spliced, reset: e.reset, dropped: e.dropped });
+        } else if (e.type === "switchover-abandoned" && e.replica === replica) {
+          off();
+          reject(new Error(`promote ${replica}: ${e.reason}`));
+        }
+      });
+      try {
+        this.engine.switchover(replica, engineNow());
+      } catch (err) {
+        off();
+        reject(err instanceof Error ? err : new Error(String(err)));
+      }
+    });
     this.flush(); // sends, and schedules the engine's timers (the new original's probes)
+    const report = await promoted;
     await this.kernelUpdate;
     return report;
   }

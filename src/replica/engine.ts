@@ -128,6 +128,7 @@ export class ReplicationEngine {
       () => this.original,
       {
         promote: (id, now, captureWaitMs) => this.promote(id, now, captureWaitMs),
+        fence: () => this.outbox.push({ type: "fence", address: this.original }),
         removeReplica: (id) => this.removeReplica(id),
         releaseSplicedFin: (conn, s) => this.splicer.forward(conn, s, undefined, 0),
       },
@@ -357,6 +358,23 @@ export class ReplicationEngine {
    * the old original, point new connections at the new one) is the I/O edge's job: see the
    * "promote" output.
    */
+  /**
+   * A promotion of `id` asked for from outside (a planned switchover, an external failure
+   * signal): at once if the capture has caught up, else the original is fenced first (a "fence"
+   * output) and the promotion follows when it has, at most PROMOTION_CATCH_UP_MS later (the
+   * "promoted" event says when). Throws, changing nothing, if `id` is no replica to promote.
+   */
+  switchover(id: string, now: number, reason = "switchover"): void {
+    const r = this.replicas.get(id);
+    if (!r || r.promoted) throw new Error(`no replica ${id} to promote`);
+    this.detector.election.switchover(id, reason, now);
+  }
+
+  /** Open connections the capture has not caught up with (see Election.captureBehind). */
+  captureBehind(): number {
+    return this.detector.election.captureBehind();
+  }
+
   promote(id: string, now: number, captureWaitMs = 0): SpliceReport {
     const r = this.replicas.get(id);
     if (!r || r.promoted) throw new Error(`no replica ${id} to promote`);

@@ -166,7 +166,8 @@ export type EngineEvent =
   | { type: "probe-result"; target: string; alive: boolean; reason: string; afterMs: number }
   | { type: "replica-failure"; replica: string; reason: string }
   | { type: "replica-added"; replica: string }
-  | { type: "replica-removed"; replica: string };
+  | { type: "replica-removed"; replica: string }
+  | { type: "switchover-abandoned"; replica: string; reason: string };
 
 export type EngineOutput =
   /** A segment to emit (raw socket); its destination is in the segment. */
@@ -174,6 +175,8 @@ export type EngineOutput =
   | { type: "event"; event: EngineEvent }
   /** The kernel must now fence `previous` and send new connections to `original`. */
   | { type: "promote"; replica: string; original: number; previous: number }
+  /** Stop forwarding to and from `address` (the original, ahead of a promotion). */
+  | { type: "fence"; address: number }
   /** Check whether `address`:port still accepts connections within `timeoutMs`; answer
    * probeResult(id, ...). `target` is "original" or a replica id. */
   | {

@@ -330,14 +330,24 @@ export class Appliance {
         this.onEvent(o.event);
       } else if (o.type === "probe") {
         this.probe(o.id, o.address, o.timeoutMs);
+      } else if (o.type === "fence") {
+        const { address } = o;
+        this.nft(() => this.fenced.add(address));
       } else {
         const { original, previous } = o;
-        // The nft transaction takes a few milliseconds; the old rules apply meanwhile.
-        this.sched.after(this.rng.int(500, 5000), () => this.retarget(original, previous));
+        this.nft(() => this.retarget(original, previous));
       }
     }
     this.scheduleTick(this.sched.now + this.rng.int(10, 100));
   }
+
+  /** An nft transaction: it takes a few milliseconds (the old rules apply meanwhile), one after
+   * the other (Proxy.kernelUpdate). */
+  private nft(apply: () => void): void {
+    this.nftDoneUs = Math.max(this.sched.now, this.nftDoneUs) + this.rng.int(500, 5000);
+    this.sched.at(this.nftDoneUs, apply);
+  }
+  private nftDoneUs = 0;
 
   private scheduleTick(atUs: number): void {
     if (this.tickTimer && this.tickTimer.at <= atUs) return;
@@ -393,8 +403,9 @@ export class Appliance {
   }
 
   /** An external promotion (an operator's switchover, a hypervisor's failure signal). */
+  /** A switchover asked for by the operator (as Proxy.promote asks it). */
   promote(id: string): void {
-    this.engine.promote(id, this.now);
+    this.engine.switchover(id, this.now);
     this.afterEngine();
     this.drain();
   }

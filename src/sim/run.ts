@@ -469,10 +469,14 @@ export function runSeed(
   // The kernel path's original before each promotion: was it serving when it was replaced?
   let falsePromotions = 0;
   let currentOriginal = "original";
-  let switchover = false; // a promotion asked for (a fault of kind "promote") is no failover
+  // A promotion asked for (a fault of kind "promote") is no failover; it may come a little
+  // later, once the capture caught up.
+  let switchoverTo: string | undefined;
   appliance.onEvent = (e) => {
+    if (e.type === "switchover-abandoned" && e.replica === switchoverTo) switchoverTo = undefined;
     if (e.type !== "promoted") return;
-    if (!switchover && serving(currentOriginal)) falsePromotions++;
+    if (e.replica !== switchoverTo && serving(currentOriginal)) falsePromotions++;
+    if (e.replica === switchoverTo) switchoverTo = undefined;
     currentOriginal = e.replica;
   };
   const faultLog: string[] = [];
@@ -483,9 +487,8 @@ export function runSeed(
       if (f.kind === "promote") {
         // A switchover forced on a replica still in the set (not removed, not promoted).
         if (appliance.engine.replicaIds().includes(f.target) && !promotedTo(f.target)) {
-          switchover = true;
+          switchoverTo = f.target;
           appliance.promote(f.target);
-          switchover = false;
         }
         return;
       }

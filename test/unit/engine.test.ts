@@ -125,7 +125,7 @@ class Scenario {
       if (o.type === "send") out.push(o.segment);
       else if (o.type === "event") this.events.push(o.event);
       else if (o.type === "promote") this.promotions.push(o);
-      else this.probes.push(o);
+      else if (o.type === "probe") this.probes.push(o);
     }
     return out;
   }

@@ -29,6 +29,7 @@ class World extends EngineParts {
   readonly detector: FailureDetector;
   readonly removed: string[] = [];
   readonly promotions: Array<[string, number]> = [];
+  fences = 0;
   original = ORIGINAL;
   /** Every event seen so far (drain() collects them). */
   readonly seen: EngineEvent[] = [];
@@ -43,6 +44,7 @@ class World extends EngineParts {
       this.outbox,
       () => this.original,
       {
+        fence: () => this.fences++,
         promote: (id, now) => {
           // As ReplicationEngine.promote does (the splice aside).
           this.promotions.push([id, now]);

@@ -30,6 +30,8 @@ class World extends EngineParts {
   readonly probes = new ProbeBook(this.outbox);
   readonly suspected = new Set<string>();
   readonly promoted: Array<[string, number, number]> = [];
+  /** Fences asked for (ahead of a promotion waiting for the capture). */
+  fences = 0;
   readonly election: Election;
 
   constructor(failure: Partial<EngineConfig["failure"]> = {}, replicas = ["r1", "r2"]) {
@@ -43,6 +45,7 @@ class World extends EngineParts {
       this.outbox,
       (id, now, waited) => this.promoted.push([id, now, waited]),
       this.clock,
+      () => this.fences++,
     );
   }
 
@@ -318,6 +321,7 @@ t.test(
     const times: number[] = [];
     w.election.originalFailed("test", "", 0, 20);
     t.same(w.promoted, [], "not promoted while the channel may still deliver them");
+    t.equal(w.fences, 1, "the original is fenced meanwhile (its clients stop acknowledging)");
     w.election.run(21, (x) => times.push(x));
     t.same(times, [22], "it looks again in a millisecond");
     t.same(w.promoted, []);
@@ -325,6 +329,7 @@ t.test(
     conn.original.write(0, new Uint8Array(5));
     w.election.run(23);
     t.same(w.promoted, [["r1", 23, 3]], "promoted once nothing is behind; the wait is reported");
+    t.equal(w.fences, 1, "fenced once");
   },
 );
 
@@ -359,4 +364,35 @@ t.test("a promotion stops waiting once the channel delivered later packets, or a
   acknowledgedAhead(g).captureGap = true;
   g.election.originalFailed("test", "", 0, 20);
   t.same(g.promoted, [["r1", 20, 0]], "a confirmed gap is not waited for");
+});
+
+t.test("a switchover: the operator's replica, at once or once the capture caught up", async (t) => {
+  const w = new World({ probes: true, autoFailover: true });
+  originalChannelAt(w, 9_000);
+  w.election.switchover("r2", "switchover", 20);
+  t.same(w.promoted, [["r2", 20, 0]], "nothing behind: at once, without a probe");
+  t.equal(w.fences, 0, "and without a fence of its own (the retarget fences)");
+
+  const b = new World({ probes: true, autoFailover: true });
+  originalChannelAt(b, 9_000);
+  const conn = acknowledgedAhead(b);
+  b.election.switchover("r1", "switchover", 20);
+  t.same(b.promoted, [], "behind: it waits");
+  t.equal(b.fences, 1, "with the original fenced");
+  conn.original.write(0, new Uint8Array(5));
+  b.election.run(25);
+  t.same(b.promoted, [["r1", 25, 5]], "then promotes the operator's replica");
+
+  const gone = new World({ probes: true, autoFailover: true });
+  originalChannelAt(gone, 9_000);
+  acknowledgedAhead(gone);
+  gone.election.switchover("r1", "switchover", 20);
+  gone.replicas.remove("r1");
+  gone.election.run(21);
+  t.same(gone.promoted, [], "a replica that left meanwhile is not promoted");
+  t.match(
+    eventsIn(gone.drain()).find((e) => e.type === "switchover-abandoned"),
+    { replica: "r1" },
+    "said so",
+  );
 });

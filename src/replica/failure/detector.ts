@@ -41,6 +41,8 @@ interface ReplicaSuspect {
 export interface FailureActions {
   /** Promote replica `id` (the election's choice). */
   promote: (id: string, now: number, captureWaitMs: number) => void;
+  /** The original is fenced ahead of a promotion that waits for the capture. */
+  fence: () => void;
   /** Remove replica `id` (it failed): its shadows reset, its state freed. */
   removeReplica: (id: string) => void;
   /** Send a spliced connection's held FIN on to the client. */
@@ -79,6 +81,7 @@ export class FailureDetector {
       outbox,
       actions.promote,
       clock,
+      actions.fence,
     );
   }
 

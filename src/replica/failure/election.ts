@@ -32,7 +32,16 @@ const CATCH_UP_SLACK_US = 2000;
 
 export class Election {
   /** The original failed; the best replica is being asked whether it is alive. */
-  private current: { since: number; reason: string; catchUpUntil?: number; catchUpFrom?: number } | undefined;
+  private current:
+    | {
+        since: number;
+        reason: string;
+        /** A switchover's replica (the operator chose it; no probe first). */
+        target?: string;
+        catchUpUntil?: number;
+        catchUpFrom?: number;
+      }
+    | undefined;
   /** A failure of the current original was signalled already (one signal per original). */
   failureSignaled = false;
   failuresDetected = 0;
@@ -50,6 +59,8 @@ export class Election {
     private readonly outbox: Outbox,
     private readonly promote: (id: string, now: number, captureWaitMs: number) => void,
     private readonly clock: CaptureClock,
+    /** The original stops reaching clients (kernel fence, before the promotion's retarget). */
+    private readonly fence: () => void,
   ) {}
 
   get running(): boolean {
@@ -121,6 +132,20 @@ export class Election {
   run(now: number, want?: (t: number) => void): void {
     const e = this.current;
     if (!e) return;
+    if (e.target !== undefined) {
+      const r = this.replicas.get(e.target);
+      if (!r || r.promoted) {
+        this.current = undefined;
+        this.outbox.event({
+          type: "switchover-abandoned",
+          replica: e.target,
+          reason: "the replica left the set while the promotion waited for the capture",
+        });
+        return;
+      }
+      this.promoteCaughtUp(e, e.target, now, want);
+      return;
+    }
     const best = this.bestReplica();
     if (!best) {
       this.current = undefined;
@@ -131,17 +156,7 @@ export class Election {
       return;
     }
     if (!this.failure.probes || this.probes.aliveSince(best) >= e.since) {
-      const behind = this.captureBehind();
-      if (behind > 0) {
-        e.catchUpFrom ??= now;
-        e.catchUpUntil ??= now + PROMOTION_CATCH_UP_MS;
-        if (now < e.catchUpUntil) {
-          want?.(Math.min(e.catchUpUntil, now + 1));
-          return;
-        }
-      }
-      this.current = undefined;
-      this.promote(best, now, e.catchUpFrom === undefined ? 0 : now - e.catchUpFrom);
+      this.promoteCaughtUp(e, best, now, want);
       return;
     }
     const r = this.replicas.get(best)!;
@@ -150,11 +165,46 @@ export class Election {
   }
 
   /**
+   * A replica chosen by the operator (a planned switchover, or a failover signalled from outside):
+   * promoted once the capture caught up, like an elected one, without a probe first.
+   */
+  switchover(id: string, reason: string, now: number): void {
+    this.current = { since: now, reason, target: id };
+    this.run(now);
+  }
+
+  /**
+   * Promotes `id` unless the capture is behind: then the original is fenced (a live one would
+   * keep the clients acknowledging bytes ahead of the capture) and the promotion waits, at most
+   * PROMOTION_CATCH_UP_MS.
+   */
+  private promoteCaughtUp(
+    e: NonNullable<Election["current"]>,
+    id: string,
+    now: number,
+    want: ((t: number) => void) | undefined,
+  ): void {
+    if (this.captureBehind() > 0) {
+      if (e.catchUpFrom === undefined) {
+        e.catchUpFrom = now;
+        e.catchUpUntil = now + PROMOTION_CATCH_UP_MS;
+        this.fence();
+      }
+      if (now < e.catchUpUntil!) {
+        want?.(Math.min(e.catchUpUntil!, now + 1));
+        return;
+      }
+    }
+    this.current = undefined;
+    this.promote(id, now, e.catchUpFrom === undefined ? 0 : now - e.catchUpFrom);
+  }
+
+  /**
    * Open connections whose client acknowledged reply bytes the original's capture channel has not
    * delivered yet, while that channel has delivered nothing captured after the acknowledgement:
    * the bytes may still come. (Once it has, they were lost: waiting longer changes nothing.)
    */
-  private captureBehind(): number {
+  captureBehind(): number {
     const watermark = this.clock.watermarkOf("original");
     let n = 0;
     for (const c of this.table.values()) {
