@@ -241,6 +241,10 @@ export class RedundancyKeeper {
         this.current = undefined;
       }
       this.counters.provisioned++;
+      // The machine is in the view before it joins the replica set: /v1/status must never count
+      // a replica that /v1/machines does not list yet (CI f2f0396: the lab's waitReplicas saw 2
+      // active replicas while the view, refreshed only after addReplica, still listed one).
+      if (!this.machines.some((x) => x.name === m.name)) this.machines = [...this.machines, m];
       await control.addReplica(m.name, m.address);
       this.o.log.info(
         { machine: m.name, address: m.address, forkedFrom: source.name },
