@@ -48,6 +48,8 @@ const FORWARDED_EVENTS = [
   "diverged",
   "lagging",
   "capture-gap",
+  "failover-withheld",
+  "former-original-alive",
 ] as const satisfies ReadonlyArray<EngineEvent["type"]>;
 const FORWARDED = new Set<EngineEvent["type"]>(FORWARDED_EVENTS);
 
@@ -106,6 +108,8 @@ export class ControlPlane {
   /** When the current original's failure was first evidenced (wall clock, ms). */
   private failureSince: number | undefined;
   private readonly failedReplicas = new Map<string, string>();
+  /** The engine's reason for the failure being failed over (automatic failovers). */
+  private failureReason: string | undefined;
   /** The write of the latest promotion the engine made (automatic ones included). */
   private lastPromotionWrite: Promise<boolean> = Promise.resolve(true);
   private readonly unsubscribe: () => void;
@@ -214,6 +218,12 @@ export class ControlPlane {
         detected: e.failures.detected,
         promotions: e.failures.promotions,
         replicasLeft: e.failures.replicasLeft,
+        hangBudgetMs: e.failures.thresholds.hangBudgetMs,
+        withheld: e.failures.withheld,
+        falseFailovers: e.failures.falseFailovers,
+        /** Replaced originals: watched after a failover; "alive" ones are lost capacity (they
+         * missed every write since; re-admitting one needs a resync). */
+        formerOriginals: e.failures.formerOriginals,
       },
       failovers: this.history.filter((h) => h.from !== undefined),
       history: this.history.slice(-100),
@@ -430,7 +440,10 @@ export class ControlPlane {
     if (!FORWARDED.has(e.type)) return;
     // The engine's event first, then what the control plane makes of it (history, roles).
     this.o.hub.publish(e.type, { ...e, at: iso(at) });
-    if (e.type === "original-failure") this.failureSince ??= at - e.afterMs;
+    if (e.type === "original-failure") {
+      this.failureSince ??= at - e.afterMs;
+      this.failureReason ??= e.reason;
+    } else if (e.type === "former-original-alive") this.onFormerAlive(e);
     else if (e.type === "replica-failure") this.failedReplicas.set(e.replica, e.reason);
     else if (e.type === "promoted") this.onPromoted(e, at);
     else if (e.type === "replica-removed") this.onReplicaRemoved(e.replica);
@@ -449,6 +462,8 @@ export class ControlPlane {
           ? at - this.failureSince
           : undefined;
     this.failureSince = undefined;
+    const reason = intent?.reason ?? (intent === undefined ? this.failureReason : undefined);
+    this.failureReason = undefined;
     this.original = { address, id: e.replica, since: iso(at) };
     this.replicas.delete(e.replica);
     this.lastProbe.delete("original");
@@ -462,12 +477,30 @@ export class ControlPlane {
       reset: e.reset,
       dropped: e.dropped,
       ...(stallMs !== undefined ? { stallMs: Math.round(stallMs * 1000) / 1000 } : {}),
-      ...(intent?.reason !== undefined ? { reason: intent.reason } : {}),
+      ...(reason !== undefined ? { reason } : {}),
+      confirmedBy: intent?.kind === "failover" ? "external" : e.confirmedBy,
     });
     if (stallMs !== undefined) this.o.metrics.observeFailoverStall(kind, stallMs);
     this.o.log.warn({ replica: e.replica, from: previous, to: address, kind }, "roles changed");
     this.lastPromotionWrite = this.persisted(this.o.store.promote(this.original, entry));
     this.publishRoles();
+  }
+
+  /** A replaced original answers again: said in the history, never re-admitted as a replica (it
+   * missed every write since its replacement; re-admitting it needs a resync). */
+  private onFormerAlive(e: Extract<EngineEvent, { type: "former-original-alive" }>): void {
+    const entry = this.record({
+      kind: "former-original-alive",
+      replica: "",
+      address: e.address,
+      confirmedBy: e.confirmedBy,
+      reason: `${e.address} answered ${Math.round(e.afterMs)} ms after it was failed over (${e.confirmedBy}: ${e.reason}): capacity lost until it is resynchronised`,
+    });
+    this.o.log.warn(
+      { address: e.address, afterMs: e.afterMs, confirmedBy: e.confirmedBy },
+      "false failover: the former original is alive",
+    );
+    void this.persisted(this.o.store.record(entry));
   }
 
   /** The engine removed a replica on its own (it failed); API removals are gone already. */

@@ -158,6 +158,12 @@ export class Metrics {
     counter("closed", "connections_closed_total", "Client connections closed");
     counter("failovers", "failovers_total", "Promotions of a replica (any cause) since start");
     counter("failures", "failures_detected_total", "Failures of the original detected");
+    counter(
+      "falseFailovers",
+      "false_failovers_total",
+      "Former originals that answered again after their replacement (capacity lost until resynced)",
+    );
+    counter("withheld", "failovers_withheld_total", "Unconfirmed verdicts not acted on (hysteresis)");
     counter("captureGaps", "capture_gaps_total", "Connections with bytes the capture missed");
     counter(
       "channelPauses",
@@ -278,6 +284,8 @@ export class Metrics {
     one("closed", e.connections.closed);
     one("failovers", e.failures.promotions);
     one("failures", e.failures.detected);
+    one("falseFailovers", e.failures.falseFailovers);
+    one("withheld", e.failures.withheld);
     one("captureGaps", e.captureGaps);
     one("eventDropped", control.eventClientsDropped);
     gauge("active", [[{}, e.connections.active]]);

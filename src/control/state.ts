@@ -21,7 +21,15 @@ export interface OriginalRecord {
 }
 
 export type HistoryKind =
-  "switchover" | "failover" | "automatic-failover" | "replica-failed" | "replica-added" | "replica-removed";
+  | "switchover"
+  | "failover"
+  | "automatic-failover"
+  | "replica-failed"
+  | "replica-added"
+  | "replica-removed"
+  /** A former original answered again after its replacement: a false failover (or a failure
+   * that healed); the capacity is lost until it is resynchronised (never re-admitted as is). */
+  | "former-original-alive";
 
 export interface HistoryEntry {
   at: string;
@@ -38,6 +46,9 @@ export interface HistoryEntry {
   /** From failure (or switchover request) to promotion, ms. */
   stallMs?: number;
   reason?: string;
+  /** Failovers: what confirmed the failure (the decision rule's evidence, docs/ARCHITECTURE.md
+   * "Decision rule"): "probe refused", "probe unanswered", "hang budget", "health check failed"... */
+  confirmedBy?: string;
 }
 
 export interface StoredState {
@@ -203,6 +214,11 @@ export class StateStore {
       if (original.id !== null) m.hdel(this.keys.replicas, original.id);
       this.push(m, entry);
     });
+  }
+
+  /** A history entry that changes no role (a former original found alive). */
+  record(entry: HistoryEntry): Promise<void> {
+    return this.change((m) => this.push(m, entry));
   }
 
   private push(m: ChainableCommander, entry: HistoryEntry): void {

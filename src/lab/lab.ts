@@ -522,8 +522,7 @@ const HEALTH_CHECKS: Record<LabTopology["service"], { send: string; expect: stri
 export const VM_FAILURE_TUNING: Partial<FailureTuning> = {
   stallSuspectMs: 150,
   probeTimeoutMs: 300,
-  replyStallMs: 2000,
-  ackStallMs: 2000,
+  hangBudgetMs: 2000,
   probeIntervalMs: 1000,
 };
 

@@ -2,7 +2,12 @@
 // field. Anything unknown or malformed is a ConfigError naming the field; nothing starts with a
 // config that is not fully valid.
 import { isIPv4 } from "./nft.js";
-import { DEFAULT_LIMITS, type EngineLimits } from "../replica/types.js";
+import {
+  DEFAULT_HANG_BUDGET_MS,
+  DEFAULT_HYSTERESIS_MS,
+  DEFAULT_LIMITS,
+  type EngineLimits,
+} from "../replica/types.js";
 import type { HealthCheck } from "./probe.js";
 
 export class ConfigError extends Error {}
@@ -45,8 +50,8 @@ export interface ProxyConfig {
 export interface FailureTuning {
   closeMismatchMs: number;
   stallSuspectMs: number;
-  replyStallMs: number;
-  ackStallMs: number;
+  hangBudgetMs: number;
+  hysteresisMs: number;
   probeTimeoutMs: number;
   probeIntervalMs: number;
 }
@@ -54,8 +59,8 @@ export interface FailureTuning {
 const FAILURE_DEFAULTS: FailureTuning = {
   closeMismatchMs: 2,
   stallSuspectMs: 3,
-  replyStallMs: 60,
-  ackStallMs: 100,
+  hangBudgetMs: DEFAULT_HANG_BUDGET_MS,
+  hysteresisMs: DEFAULT_HYSTERESIS_MS,
   probeTimeoutMs: 5,
   probeIntervalMs: 500,
 };
@@ -167,12 +172,17 @@ export function parseProxyConfig(raw: unknown): ProxyConfig {
     maxConnections: int(lr, "maxConnections", 1, 10_000_000, DEFAULT_LIMITS.maxConnections),
   };
 
+  for (const old of ["replyStallMs", "ackStallMs"])
+    if (typeof r.failure === "object" && r.failure !== null && old in r.failure)
+      throw new ConfigError(
+        `failure.${old}: replaced by failure.hangBudgetMs (one budget for any stall no probe confirms)`,
+      );
   const fr = object(r, "failure", Object.keys(FAILURE_DEFAULTS));
   const failure: FailureTuning = {
     closeMismatchMs: int(fr, "closeMismatchMs", 0, 60_000, FAILURE_DEFAULTS.closeMismatchMs),
     stallSuspectMs: int(fr, "stallSuspectMs", 1, 60_000, FAILURE_DEFAULTS.stallSuspectMs),
-    replyStallMs: int(fr, "replyStallMs", 1, 600_000, FAILURE_DEFAULTS.replyStallMs),
-    ackStallMs: int(fr, "ackStallMs", 1, 600_000, FAILURE_DEFAULTS.ackStallMs),
+    hangBudgetMs: int(fr, "hangBudgetMs", 1, 600_000, FAILURE_DEFAULTS.hangBudgetMs),
+    hysteresisMs: int(fr, "hysteresisMs", 0, 3_600_000, FAILURE_DEFAULTS.hysteresisMs),
     probeTimeoutMs: int(fr, "probeTimeoutMs", 1, 60_000, FAILURE_DEFAULTS.probeTimeoutMs),
     probeIntervalMs: int(fr, "probeIntervalMs", 0, 3_600_000, FAILURE_DEFAULTS.probeIntervalMs),
   };

@@ -14,9 +14,8 @@ export interface ProbeRequest {
   port: number;
   /** Deadline for the TCP handshake. */
   timeoutMs: number;
+  /** After the handshake, the application's health check within its `timeoutMs`. */
   healthCheck?: HealthCheck | undefined;
-  /** Asked without evidence: the health check gets 4 × its timeout. */
-  periodic?: boolean;
 }
 
 export interface ProbeAnswer {
@@ -75,7 +74,7 @@ export function probe(req: ProbeRequest, done: (answer: ProbeAnswer) => void): P
   sock.once("connect", () => {
     connected = true;
     if (!check) return answer(true, "connected");
-    deadline(check.timeoutMs * (req.periodic ? 4 : 1), "no answer to the health check");
+    deadline(check.timeoutMs, "no answer to the health check");
     let got = "";
     sock.setEncoding("latin1");
     sock.on("data", (d: string) => {
@@ -96,4 +95,42 @@ export function probe(req: ProbeRequest, done: (answer: ProbeAnswer) => void): P
       close();
     },
   };
+}
+
+/** Answers that decide at once among parallel copies: alive, or the target's kernel refused. */
+const DECISIVE = new Set(["ECONNREFUSED", "ECONNRESET"]);
+
+/**
+ * `copies` probes in parallel, answered once (the engine's EVIDENCE_PROBE_COPIES): alive as soon
+ * as one is, dead as soon as one is refused, otherwise (silence, unreachable, a failed health
+ * check) only when every copy has answered so, with the last one's reason; not made (undefined)
+ * only if no copy could be made.
+ */
+export function probeCopies(
+  req: ProbeRequest,
+  copies: number,
+  done: (answer: ProbeAnswer) => void,
+): ProbeHandle {
+  if (copies <= 1) return probe(req, done);
+  const handles: ProbeHandle[] = [];
+  let left = copies;
+  let finished = false;
+  let worst: ProbeAnswer | undefined;
+  const finish = (a: ProbeAnswer) => {
+    finished = true;
+    for (const h of handles) h.cancel();
+    done(a);
+  };
+  for (let i = 0; i < copies && !finished; i++) {
+    handles.push(
+      probe(req, (a) => {
+        if (finished) return;
+        left--;
+        if (a.alive === true || (a.alive === false && DECISIVE.has(a.why))) return finish(a);
+        if (a.alive === false || worst === undefined) worst = a;
+        if (left === 0) finish(worst);
+      }),
+    );
+  }
+  return { cancel: () => ((finished = true), handles.forEach((h) => h.cancel())) };
 }

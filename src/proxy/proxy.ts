@@ -2,14 +2,14 @@
 // captures, feeds the engine, injects what it produces, and runs its timers. Started and stopped
 // as a unit; stop() (also on SIGINT/SIGTERM) removes everything it added to the system.
 import { createServer, type Server } from "node:net";
-import { probe, type ProbeHandle } from "./probe.js";
+import { probeCopies, type ProbeHandle } from "./probe.js";
 import { rm } from "node:fs/promises";
 import { setPriority } from "node:os";
 import type { Logger } from "pino";
 import { run, runStatus } from "../sys/command.js";
 import { formatIPv4, parseIPv4 } from "../wire/ipv4.js";
 import { ReplicationEngine } from "../replica/engine.js";
-import { defaultConfig, type EngineEvent, type EngineStats } from "../replica/types.js";
+import { defaultConfig, type EngineEvent, type EngineOutput, type EngineStats } from "../replica/types.js";
 import { Capture, captureFilters, type CaptureCounters, type CaptureSink } from "./capture.js";
 import { Injector } from "./inject.js";
 import {
@@ -82,7 +82,13 @@ export class Proxy {
       limits: config.limits,
       finHoldMs: config.finHoldMs,
       compare: { httpDate: config.tolerateHttpDate },
-      failure: { ...base.failure, ...config.failure, autoFailover: config.autoFailover, probes: true },
+      failure: {
+        ...base.failure,
+        ...config.failure,
+        healthCheckMs: config.healthCheck?.timeoutMs,
+        autoFailover: config.autoFailover,
+        probes: true,
+      },
     });
     for (const r of config.replicas) this.engine.addReplica({ id: r.id, address: parseIPv4(r.address) });
     this.engine.drain();
@@ -179,7 +185,7 @@ export class Proxy {
       if (o.type === "send") {
         this.injector?.send(o.segment);
       } else if (o.type === "probe") {
-        this.probe(o.id, o.target, formatIPv4(o.address), o.timeoutMs, o.reason, o.periodic);
+        this.probe(o, formatIPv4(o.address));
       } else if (o.type === "promote") {
         this.retarget(formatIPv4(o.original), formatIPv4(o.previous));
       } else if (o.type === "fence") {
@@ -210,14 +216,8 @@ export class Proxy {
   }
 
   /** Probes a backend for the engine (see probe.ts) and hands it the verdict. */
-  private probe(
-    id: number,
-    target: string,
-    address: string,
-    timeoutMs: number,
-    reason: string,
-    periodic: boolean,
-  ): void {
+  private probe(o: Extract<EngineOutput, { type: "probe" }>, address: string): void {
+    const { id, target, timeoutMs, reason, checkMs } = o;
     // The engine waits for captures to pass the probe's send time: capture times are on the same
     // monotonic clock as engineNow() (native/pcap-pipe.c converts them).
     const sentUs = engineNow() * 1000;
@@ -225,10 +225,13 @@ export class Proxy {
       address,
       port: this.config.port,
       timeoutMs,
-      healthCheck: this.config.healthCheck,
-      periodic,
+      // The engine says when the application's health check is asked, and its deadline.
+      healthCheck:
+        this.config.healthCheck && checkMs !== undefined
+          ? { ...this.config.healthCheck, timeoutMs: checkMs }
+          : undefined,
     };
-    const handle = probe(req, ({ alive, why, ms }) => {
+    const handle = probeCopies(req, o.copies ?? 1, ({ alive, why, ms }) => {
       this.probes.delete(handle);
       if (this.stopped) return;
       if (alive) this.log.debug({ target, address, why, ms, reason }, "probe answered");

@@ -48,7 +48,7 @@ import { RttTracker, type RttSeries } from "./rtt.js";
 import { ShadowConversation } from "./shadow.js";
 import { ShadowSender } from "./shadow-sender.js";
 import { Splicer, type SpliceReport } from "./splice.js";
-import type { EngineConfig, EngineOutput, EngineStats, ReplicaInfo } from "./types.js";
+import type { Confirmation, EngineConfig, EngineOutput, EngineStats, ReplicaInfo } from "./types.js";
 
 export { printable, toOffset, toSeq } from "./offsets.js";
 export { ReplicatedConnection } from "./connection.js";
@@ -127,7 +127,8 @@ export class ReplicationEngine {
       this.outbox,
       () => this.original,
       {
-        promote: (id, now, captureWaitMs) => this.promote(id, now, captureWaitMs),
+        promote: (id, now, captureWaitMs, confirmedBy, reason) =>
+          this.promote(id, now, captureWaitMs, confirmedBy, reason),
         fence: () => this.outbox.push({ type: "fence", address: this.original }),
         removeReplica: (id) => this.removeReplica(id),
         releaseSplicedFin: (conn, s) => this.splicer.forward(conn, s, undefined, 0),
@@ -309,7 +310,10 @@ export class ReplicationEngine {
         // A replica that has every byte but has not closed yet (its application is slow, or
         // paused) is waited for: a RST now would discard what it has not read, and its state
         // would silently differ (found by the simulator, seed 625). Bounded by SHADOW_CLOSE_MS.
-        for (const s of conn.shadows.values()) if (s.live) this.lifecycle.maybeCloseShadow(conn, s);
+        for (const s of conn.shadows.values()) {
+          if (s.live) this.lifecycle.maybeCloseShadow(conn, s);
+          if (s.live) this.lifecycle.resetAnswered(conn, s);
+        }
         const finishing = [...conn.shadows.values()].some((s) => s.live && caughtUp(conn, s));
         const end = conn.closedAt + (finishing ? SHADOW_CLOSE_MS : this.config.lingerMs);
         if (now >= end) {
@@ -364,10 +368,10 @@ export class ReplicationEngine {
    * output) and the promotion follows when it has, at most PROMOTION_CATCH_UP_MS later (the
    * "promoted" event says when). Throws, changing nothing, if `id` is no replica to promote.
    */
-  switchover(id: string, now: number, reason = "switchover"): void {
+  switchover(id: string, now: number, reason = "switchover", external = false): void {
     const r = this.replicas.get(id);
     if (!r || r.promoted) throw new Error(`no replica ${id} to promote`);
-    this.detector.election.switchover(id, reason, now);
+    this.detector.election.switchover(id, reason, now, external ? "external" : "switchover");
   }
 
   /** Open connections the capture has not caught up with (see Election.captureBehind). */
@@ -375,14 +379,20 @@ export class ReplicationEngine {
     return this.detector.election.captureBehind();
   }
 
-  promote(id: string, now: number, captureWaitMs = 0): SpliceReport {
+  promote(
+    id: string,
+    now: number,
+    captureWaitMs = 0,
+    confirmedBy: Confirmation | "switchover" = "switchover",
+    reason = "switchover",
+  ): SpliceReport {
     const r = this.replicas.get(id);
     if (!r || r.promoted) throw new Error(`no replica ${id} to promote`);
     const old = this.original;
     const report = this.splicer.promote(id, now);
     this.replicas.promote(id);
     this.promotions++;
-    this.detector.promoted();
+    this.detector.promoted(old, now, confirmedBy, reason, r.lastSrttMs);
     this.original = r.info.address;
     for (const c of this.table.forgetNat()) {
       // A refused connection on the replaced original: fenced with it, nothing carries it on.
@@ -392,7 +402,7 @@ export class ReplicationEngine {
       this.splicer.resetOrphan(this.resetTo(c.addr, c.port, c.lastAck), now);
     }
     this.outbox.push({ type: "promote", replica: id, original: r.info.address, previous: old });
-    this.outbox.event({ type: "promoted", replica: id, ...report, captureWaitMs });
+    this.outbox.event({ type: "promoted", replica: id, ...report, captureWaitMs, confirmedBy });
     if (this.replicas.promotableCount() === 0)
       this.outbox.event({
         type: "no-replica-left",
@@ -454,6 +464,9 @@ export class ReplicationEngine {
         refusals: { held: election.refusalsHeld, dropped: election.refusalsDropped },
         probes: { ...this.detector.probes.counters },
         thresholds: this.detector.thresholds(),
+        withheld: this.detector.withheld,
+        falseFailovers: this.detector.falseFailovers,
+        formerOriginals: this.detector.formers.map(({ addr: _addr, ...w }) => ({ ...w })),
       },
       closeHoldTimeouts: this.closeHold.timeouts,
       closesReleased: this.closeHold.released,
@@ -485,6 +498,10 @@ export class ReplicationEngine {
         assert(
           !s.live || s.reply.footprint <= L.perConnectionBytes,
           () => `${conn.id}/${id}: reply bytes beyond the per-connection limit`,
+        );
+        assert(
+          !s.resetPending || (conn.clientRst && conn.phase === "closed"),
+          () => `${conn.id}/${id}: a reset waits for its replica on a connection the client did not reset`,
         );
       }
       assert(
@@ -559,11 +576,7 @@ export class ReplicationEngine {
 
     if (seg.flags & RST) {
       conn.clientRst = true;
-      this.lifecycle.resetShadows(
-        conn,
-        now,
-        "the client reset before the replica received what the original did",
-      );
+      this.lifecycle.clientReset(conn, now);
       return;
     }
 
@@ -928,6 +941,7 @@ export class ReplicationEngine {
         (seg.flags & FIN) !== 0,
       );
     this.lifecycle.maybeCloseShadow(conn, s);
+    this.lifecycle.resetAnswered(conn, s);
     this.lifecycle.checkDone(conn, now);
     this.limits.enforce(conn);
   }

@@ -98,6 +98,41 @@ export class Lifecycle {
     this.buffers.account(conn);
   }
 
+  /**
+   * The client reset the connection. A replica that has not received every byte the original
+   * acknowledged is marked lagging and reset; one that has every byte but has not answered what
+   * the original answered keeps its shadow until it has (resetAnswered): a RST now would make its
+   * kernel discard what its paused application has not read yet, and its state would silently
+   * differ from the original's (simulator seed 49: a frozen replica, a client that reset after
+   * its last answer).
+   */
+  clientReset(conn: ReplicatedConnection, now: number): void {
+    for (const s of conn.shadows.values()) {
+      this.markIfBehind(conn, s, "the client reset before the replica received what the original did");
+      if (!s.live) continue;
+      const received = Math.max(0, s.sndUna) >= conn.client.end;
+      if (s.comparing && conn.spliced !== s && received && s.compared < conn.original.end) {
+        s.resetPending = true;
+        continue;
+      }
+      this.sender.sendRst(conn, s);
+      this.closeShadow(conn, s);
+    }
+    this.markClosed(conn, now);
+    this.buffers.account(conn);
+  }
+
+  /** A shadow waiting to be reset (clientReset) whose replica has answered what the original
+   * did, or stopped being compared: reset now. */
+  resetAnswered(conn: ReplicatedConnection, s: ShadowConversation): void {
+    if (!s.resetPending || !s.live) return;
+    if (s.comparing && s.compared < conn.original.end) return;
+    s.resetPending = false;
+    this.sender.sendRst(conn, s);
+    this.closeShadow(conn, s);
+    this.buffers.account(conn);
+  }
+
   markClosed(conn: ReplicatedConnection, now: number): void {
     if (conn.phase === "closed") return;
     conn.phase = "closed";
@@ -148,7 +183,9 @@ export class Lifecycle {
           conn,
           s,
           "lagging",
-          "its replica did not close the connection after the original",
+          s.resetPending
+            ? "the client reset and the replica did not answer what the original did"
+            : "its replica did not close the connection after the original",
           s.compared,
         );
       if (s.live) {

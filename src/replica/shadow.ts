@@ -21,6 +21,10 @@ export class ShadowConversation {
   sndNxt = 0;
   finSent = false;
   finAcked = false;
+  /** The client reset the connection while this replica had every byte but had not answered
+   * all of them yet: its RST waits until it has (it would discard what its application has not
+   * read), at most SHADOW_CLOSE_MS. */
+  resetPending = false;
   /** Usable window in bytes (already scaled). */
   sndWnd = 0;
   /** Replica's window scale shift (0 when not negotiated). */

@@ -53,13 +53,19 @@ export interface EngineConfig {
      * the original normally trails its replicas). A suspicion asks for a probe; a probe nobody
      * answers is a failure. */
     stallSuspectMs: number;
-    /** Replicas answered bytes the original has not answered, for this long (or twice the
-     * suspicion threshold if larger): a failure even when its kernel still answers probes (a
-     * frozen application). */
-    replyStallMs: number;
-    /** Client bytes a replica acknowledged stay unacknowledged by the original for this long
-     * (above Linux's 40 ms delayed ACK). */
-    ackStallMs: number;
+    /** The hang budget: a stall no probe confirms (replicas answered or acknowledged what the
+     * original has not, its kernel still answers: the application is slow or hung) is a failure
+     * only after this long (or more, when the original is seen to trail its replicas by more:
+     * mean + 8 × deviation). With a health check, the check is asked at the budget and decides.
+     * A GC pause, a page-fault storm or steal time shorter than this never fails over. */
+    hangBudgetMs: number;
+    /** After a promotion, another one within this window needs confirmed evidence (a probe
+     * refused or unanswered, a failed health check): a new original hanging for a moment under
+     * the splice's load is not thrown away by the budget alone. */
+    hysteresisMs: number;
+    /** The edge runs an application health check when a probe asks for one (probe output
+     * `checkMs`): its deadline (ms); undefined: no health check, probes only connect. */
+    healthCheckMs: number | undefined;
     /** Floor of the probe timeout; the timeout is max(floor, 4 × the path's RTT bound). */
     probeTimeoutMs: number;
     /** Every backend (original and replicas) is also probed this often without any evidence, so
@@ -97,6 +103,11 @@ export const DEFAULT_LIMITS: EngineLimits = {
   maxConnections: 65536,
 };
 
+/** Default hang budget (docs/ARCHITECTURE.md "Decision rule"; bench/results/detector-*). */
+export const DEFAULT_HANG_BUDGET_MS = 1000;
+/** Default window after a promotion in which only confirmed evidence fails over again. */
+export const DEFAULT_HYSTERESIS_MS = 10_000;
+
 export function defaultConfig(
   addresses: Pick<EngineConfig, "vip" | "port" | "original" | "snatAddress" | "replicationAddress">,
 ): EngineConfig {
@@ -112,8 +123,9 @@ export function defaultConfig(
     failure: {
       closeMismatchMs: 2,
       stallSuspectMs: 3,
-      replyStallMs: 60,
-      ackStallMs: 100,
+      hangBudgetMs: DEFAULT_HANG_BUDGET_MS,
+      hysteresisMs: DEFAULT_HYSTERESIS_MS,
+      healthCheckMs: undefined,
       probeTimeoutMs: 5,
       probeIntervalMs: 0,
       replicaProbeBackoffs: 2,
@@ -131,6 +143,16 @@ export interface ReplicaInfo {
   id: string;
   address: number;
 }
+
+/** What confirmed a verdict against the original (failure/rule.ts). */
+export type Confirmation =
+  | "probe refused"
+  | "unreachable"
+  | "probe unanswered"
+  | "health check failed"
+  | "hang budget"
+  | "close alone"
+  | "external";
 
 /** Why a shadow conversation is no longer a faithful, promotable copy. */
 export type ShadowStatus = "healthy" | "diverged" | "lagging" | "unverified";
@@ -160,8 +182,31 @@ export type EngineEvent =
       dropped: number;
       /** How long the promotion waited for the capture to deliver acknowledged reply bytes. */
       captureWaitMs: number;
+      /** What confirmed the failure it answers ("switchover": asked for, no failure). */
+      confirmedBy: Confirmation | "switchover";
     }
-  | { type: "original-failure"; reason: string; conn: string; afterMs: number }
+  | {
+      type: "original-failure";
+      reason: string;
+      conn: string;
+      afterMs: number;
+      /** What confirmed the verdict (the decision rule's evidence): "probe refused", "probe
+       * unanswered", "health check failed", "hang budget", "close alone", "external". */
+      confirmedBy: Confirmation;
+    }
+  /** A verdict the decision rule did not act on (hysteresis: too soon after a promotion). */
+  | { type: "failover-withheld"; reason: string; conn: string; afterMs: number; why: string }
+  /** A former original answers again after it was replaced: the failover lost its capacity
+   * (a false failover when it never stopped); re-admitting it needs a resync. */
+  | {
+      type: "former-original-alive";
+      address: string;
+      /** Since its replacement. */
+      afterMs: number;
+      /** What the verdict against it was confirmed by. */
+      confirmedBy: Confirmation | "switchover";
+      reason: string;
+    }
   | { type: "no-replica-left"; reason: string }
   | { type: "probe-result"; target: string; alive: boolean; reason: string; afterMs: number }
   | { type: "replica-failure"; replica: string; reason: string }
@@ -186,8 +231,13 @@ export type EngineOutput =
       address: number;
       timeoutMs: number;
       reason: string;
-      /** Asked without evidence: the application's health check gets 4 × its timeout too. */
+      /** Asked without evidence (the edge's log level). */
       periodic: boolean;
+      /** Parallel handshakes (default 1), answered once: alive or refused if one was, silent
+       * only if every one was (a single lost SYN is no death: failure/rule.ts). */
+      copies?: number;
+      /** After the handshake, run the application health check with this deadline (ms). */
+      checkMs?: number;
     };
 
 export interface ReplicaStats {
@@ -255,11 +305,30 @@ export interface EngineStats {
     refusals: { held: number; dropped: number };
     probes: { sent: number; alive: number; dead: number; unknown: number };
     /** Current adaptive thresholds (ms). */
-    thresholds: { stallSuspectMs: number; replyStallMs: number; probeTimeoutMs: number };
+    thresholds: { stallSuspectMs: number; hangBudgetMs: number; probeTimeoutMs: number };
+    /** Verdicts not acted on (hysteresis), and former originals found alive after their
+     * replacement (false failovers, or a failure that healed: capacity lost until resynced). */
+    withheld: number;
+    falseFailovers: number;
+    /** Former originals watched after their replacement (at most MAX_FORMER_ORIGINALS). */
+    formerOriginals: FormerOriginal[];
   };
   closeHoldTimeouts: number;
   closesReleased: number;
   replicas: ReplicaStats[];
   /** Passive RTT per path (µs): totals since start and the recent window. */
   rtt: RttStats;
+}
+
+/** A replaced original, probed for a while after its replacement. */
+export interface FormerOriginal {
+  address: string;
+  replacedAt: number;
+  confirmedBy: Confirmation | "switchover";
+  reason: string;
+  /** watching: probed, no answer yet; alive: it answered (needs a resync to serve again);
+   * gone: the watch ended without an answer. */
+  state: "watching" | "alive" | "gone";
+  /** When it answered alive (ms after its replacement). */
+  aliveAfterMs?: number;
 }

@@ -329,7 +329,7 @@ export class Appliance {
         this.events.push({ at: this.now, event: o.event });
         this.onEvent(o.event);
       } else if (o.type === "probe") {
-        this.probe(o.id, o.address, o.timeoutMs);
+        this.probe(o.id, o.address, o.timeoutMs, o.copies);
       } else if (o.type === "fence") {
         const { address } = o;
         this.nft(() => this.fenced.add(address));
@@ -371,17 +371,16 @@ export class Appliance {
     if (next !== undefined) this.scheduleTick(Math.max(next * 1000, this.sched.now) + this.rng.int(0, 1000));
   }
 
-  /** A probe: a real handshake from the appliance, answered as probe.ts answers. */
-  private probe(id: number, address: number, timeoutMs: number): void {
+  /** A probe: `copies` real handshakes from the appliance, answered once as probe.ts's
+   * probeCopies answers (alive or refused if one was, silent only if all were). */
+  private probe(id: number, address: number, timeoutMs: number, copies = 1): void {
     this.stats.probes++;
     const sentUs = this.sched.now;
     let done = false;
+    let left = copies;
     const answer = (alive: boolean, why: string) => {
       if (done) return;
       done = true;
-      timer.cancelled = true;
-      if (alive) sock.abort();
-      else if (sock.state !== "CLOSED") sock.terminate("closed");
       // The answer is handled by the event loop a little later (or after a stall).
       const at = Math.max(this.sched.now + this.rng.int(20, 200), this.engineStallUntil);
       this.sched.at(at, () => {
@@ -390,16 +389,29 @@ export class Appliance {
         this.drain();
       });
     };
-    const sock = this.local.connect(
-      address,
-      this.config.port,
-      {
-        connected: () => answer(true, "connected"),
-        error: (why) => answer(false, why === "refused" || why === "reset" ? "ECONNREFUSED" : "ETIMEDOUT"),
-      },
-      (p) => this.byNat.has(`${address}:${p}`),
-    );
-    const timer = this.sched.after(timeoutMs * 1000, () => answer(false, "no answer to the handshake"));
+    const one = () => {
+      let over = false;
+      const end = (alive: boolean, why: string) => {
+        if (over) return;
+        over = true;
+        timer.cancelled = true;
+        if (alive) sock.abort();
+        else if (sock.state !== "CLOSED") sock.terminate("closed");
+        left--;
+        if (alive || why === "ECONNREFUSED" || left === 0) answer(alive, why);
+      };
+      const sock = this.local.connect(
+        address,
+        this.config.port,
+        {
+          connected: () => end(true, "connected"),
+          error: (why) => end(false, why === "refused" || why === "reset" ? "ECONNREFUSED" : "ETIMEDOUT"),
+        },
+        (p) => this.byNat.has(`${address}:${p}`),
+      );
+      const timer = this.sched.after(timeoutMs * 1000, () => end(false, "no answer to the handshake"));
+    };
+    for (let i = 0; i < copies; i++) one();
   }
 
   /** An external promotion (an operator's switchover, a hypervisor's failure signal). */

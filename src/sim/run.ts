@@ -15,6 +15,9 @@
 //                replicated to received exactly the client's stream, or the engine said why
 //                not (lagging, diverged, unverified, the replica removed)
 //   liveness     at the end, while the engine's original serves, no connection hangs
+//   no wolf      no failover of an original whose only trouble was pauses of its application
+//                shorter than the hang budget, on a loss-free link (issue 16): neither its pause
+//                nor the appliance's own stalls (engine, capture) may count against it
 import { formatIPv4, parseIPv4 } from "../wire/ipv4.js";
 import { FIN, RST, type TcpSegment } from "../wire/tcp.js";
 import { InvariantError } from "../replica/assert.js";
@@ -74,6 +77,8 @@ export interface RunResult {
   /** Promotions while the original they replaced was serving (up, running, linked): failovers
    * of a healthy server (issue 16 measures and lowers these). */
   falsePromotions: number;
+  /** For each: what confirmed the verdict, and its reason. */
+  falseReasons: string[];
   counted: { diverged: number; lagging: number; unverified: number; captureGaps: number };
   clientBytes: number;
   /** What the simulated kernel path dropped, by reason (its nft rule's comment). */
@@ -437,27 +442,36 @@ export function runSeed(
     });
   }
   const serving = (n: string) => hosts.get(n)!.serving && links.get(n)!.up.up;
-  const eventsFor = (id: string) =>
-    appliance.events.filter((e) => "conn" in e.event && e.event.conn === id).map((e) => e.event);
+  /** The engine's events about client connection `c`: its id, from its start until the same
+   * client port's next connection started (simulator seed 49: a port reused after a connection
+   * the engine did not replicate took the next one's events for its own). */
+  const eventsFor = (c: ClientConn) => {
+    const next = Math.min(
+      ...conns.filter((o) => o.id === c.id && o.startedAt > c.startedAt).map((o) => o.startedAt),
+    );
+    return appliance.events
+      .filter((e) => "conn" in e.event && e.event.conn === c.id && e.at >= c.startedAt && e.at < next)
+      .map((e) => e.event);
+  };
   const removed = (r: string) =>
     appliance.events.some(
       (e) =>
         (e.event.type === "replica-removed" || e.event.type === "replica-failure") && e.event.replica === r,
     );
-  const openedWith = (id: string): string[] => {
-    const o = appliance.events.find((e) => e.event.type === "connection-opened" && e.event.conn === id);
-    return o && o.event.type === "connection-opened" ? o.event.replicas : [];
+  const openedWith = (c: ClientConn): string[] => {
+    const o = eventsFor(c).find((e) => e.type === "connection-opened");
+    return o && o.type === "connection-opened" ? o.replicas : [];
   };
-  const counted = (id: string, r: string) =>
+  const counted = (c: ClientConn, r: string) =>
     removed(r) ||
-    eventsFor(id).some(
+    eventsFor(c).some(
       (e) => (e.type === "lagging" || e.type === "diverged" || e.type === "unverified") && e.replica === r,
     );
   function checkPrematureFin(c: ClientConn): void {
     // The service closed before its reply ended (its process died): acceptable only when no
     // replica could have carried the connection on, or when the engine said why it did not.
-    for (const r of openedWith(c.id)) {
-      if (!counted(c.id, r) && serving(r) && !promotedTo(r))
+    for (const r of openedWith(c)) {
+      if (!counted(c, r) && serving(r) && !promotedTo(r))
         fail(
           `${c.id} got a FIN at ${c.received} of ${c.expectedBytes} bytes while ${r} held a faithful copy`,
         );
@@ -468,14 +482,34 @@ export function runSeed(
 
   // The kernel path's original before each promotion: was it serving when it was replaced?
   let falsePromotions = 0;
+  const falseReasons: string[] = [];
+  let lastFailure: { reason: string; confirmedBy: string } | undefined;
   let currentOriginal = "original";
+  /** Faults that struck each backend so far (the "no wolf" check). */
+  const struck = new Map<string, Fault[]>();
+  const budget = config.failure.hangBudgetMs;
+  /** The original's only trouble so far: pauses shorter than the budget, on a loss-free link. */
+  const onlyShortPauses = (n: string) =>
+    sc.links[n]!.loss === 0 &&
+    (struck.get(n) ?? []).every((f) => f.kind === "freeze" && (f.durationMs ?? Infinity) < budget);
   // A promotion asked for (a fault of kind "promote") is no failover; it may come a little
   // later, once the capture caught up.
   let switchoverTo: string | undefined;
   appliance.onEvent = (e) => {
     if (e.type === "switchover-abandoned" && e.replica === switchoverTo) switchoverTo = undefined;
+    if (e.type === "original-failure") lastFailure = e;
     if (e.type !== "promoted") return;
-    if (e.replica !== switchoverTo && serving(currentOriginal)) falsePromotions++;
+    if (e.replica !== switchoverTo) {
+      const why = `${lastFailure?.confirmedBy}: ${lastFailure?.reason}`;
+      if (serving(currentOriginal)) {
+        falsePromotions++;
+        falseReasons.push(why);
+      }
+      if (onlyShortPauses(currentOriginal) && hosts.get(currentOriginal)!.up)
+        fail(
+          `${currentOriginal} was failed over (${why}) though its only trouble was pauses shorter than the hang budget (${budget} ms)`,
+        );
+    }
     if (e.replica === switchoverTo) switchoverTo = undefined;
     currentOriginal = e.replica;
   };
@@ -483,6 +517,7 @@ export function runSeed(
   for (const f of sc.faults) {
     sched.at(f.at, () => {
       faultLog.push(describe(f));
+      if ("target" in f && f.kind !== "promote") struck.set(f.target, [...(struck.get(f.target) ?? []), f]);
       opts.trace?.(`${(sched.now / 1000).toFixed(3)} ms FAULT ${describe(f)}`);
       if (f.kind === "promote") {
         // A switchover forced on a replica still in the set (not removed, not promoted).
@@ -588,13 +623,13 @@ export function runSeed(
           `${c.id} did not finish (received ${c.received} of ${c.expectedBytes}; ${c.sock.state}, ${c.sock.pawsDropped} PAWS drops, ${c.sock.unacceptable} out of window); engine: ${engineView(c)}`,
         );
       if (c.outcome !== "complete") continue;
-      for (const r of openedWith(c.id)) {
+      for (const r of openedWith(c)) {
         const sc2 = services.get(r)!.conns.find((s) => s.sock.irs === c.sock.iss);
         const complete =
           sc2 !== undefined &&
           sc2.readBytes === c.sentBytes &&
           (!c.finSent || sc2.ended || c.requests.at(-1)?.op === "QUIT");
-        if (!complete && !counted(c.id, r))
+        if (!complete && !counted(c, r))
           fail(`${r} read ${sc2?.readBytes ?? 0} of ${c.sentBytes} bytes of ${c.id}, and nothing said so`);
       }
     }
@@ -632,6 +667,7 @@ export function runSeed(
     faults: faultLog,
     promotions: st.failures.promotions,
     falsePromotions,
+    falseReasons,
     counted: {
       diverged: sum("diverged"),
       lagging: sum("lagging"),

@@ -541,3 +541,51 @@ t.test("event stream: roles first, then what happens, replayed from Last-Event-I
   );
   t.equal((await h.call("GET", "/v1/status")).body.events.clients, 2);
 });
+
+t.test("a failover says what confirmed it; a former original alive again is lost capacity", async (t) => {
+  const h = await startHarness(t, await tempDir(t, "falsefo"), {
+    engine: { autoFailover: true, probes: true },
+  });
+  // The original closes a connection its replica keeps open: a probe decides.
+  const c = new ClientConnection(h.dp).open({ r1: R1 });
+  c.client("x");
+  c.replica(R1, 0, "");
+  c.originalRst();
+  h.dp.tick(5);
+  h.dp.answerProbe("r1", true, "connected");
+  h.dp.answerProbe("original", false, "ECONNREFUSED");
+  t.equal(h.dp.original(), R1, "failed over to r1");
+  await new Promise((r) => setTimeout(r, 20));
+  let st = (await h.call("GET", "/v1/status")).body;
+  t.match(st.failovers.at(-1), {
+    kind: "automatic-failover",
+    replica: "r1",
+    confirmedBy: "probe refused",
+    reason: /closed a connection its replicas keep open.*ECONNREFUSED/,
+  });
+  t.match(st.failures, {
+    hangBudgetMs: 1000,
+    falseFailovers: 0,
+    formerOriginals: [{ address: ORIGINAL, state: "watching", confirmedBy: "probe refused" }],
+  });
+  // The replaced original answers again (its service was restarted, or it never died).
+  h.dp.tick(500);
+  h.dp.answerProbe(`former ${ORIGINAL}`, true, "connected");
+  await new Promise((r) => setTimeout(r, 20));
+  st = (await h.call("GET", "/v1/status")).body;
+  t.match(st.failures, { falseFailovers: 1, formerOriginals: [{ address: ORIGINAL, state: "alive" }] });
+  t.match(st.history.at(-1), {
+    kind: "former-original-alive",
+    address: ORIGINAL,
+    confirmedBy: "probe refused",
+    reason: /capacity lost until it is resynchronised/,
+  });
+  t.notOk(
+    st.replicas.some((r: { address: string }) => r.address === ORIGINAL),
+    "not re-admitted as a replica",
+  );
+  t.match((await stored(h)).history.at(-1), { kind: "former-original-alive", address: ORIGINAL });
+  const metrics = await h.call("GET", "/metrics");
+  t.match(metrics.body as string, /tcp_replicator_false_failovers_total 1/);
+  t.match(metrics.body as string, /tcp_replicator_failovers_withheld_total 0/);
+});

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { pino, type Logger } from "pino";
 import type { Test } from "tap";
 import { ReplicationEngine, toSeq } from "../../src/replica/engine.js";
-import { defaultConfig, type EngineConfig } from "../../src/replica/types.js";
+import { defaultConfig, type EngineConfig, type EngineOutput } from "../../src/replica/types.js";
 import { formatIPv4, parseIPv4 } from "../../src/wire/ipv4.js";
 import { ACK, RST, SYN, type TcpOption, type TcpSegment } from "../../src/wire/tcp.js";
 import type { ProbeAnswer } from "../../src/proxy/probe.js";
@@ -71,6 +71,8 @@ export class EngineDataPlane implements DataPlane {
   /** The answer probes get, by address (alive by default). */
   probeAnswers = new Map<string, ProbeAnswer>();
   probed: string[] = [];
+  /** The engine's own probe requests (with probes on), not answered yet: see answerProbe. */
+  asked: Array<Extract<EngineOutput, { type: "probe" }>> = [];
 
   constructor(config: ProxyConfig, engineOverrides: Partial<EngineConfig["failure"]> = {}) {
     const base = defaultConfig({
@@ -91,7 +93,18 @@ export class EngineDataPlane implements DataPlane {
       if (o.type === "send") this.sent.push(o.segment);
       else if (o.type === "event") for (const l of this.listeners) l(o.event, Date.now());
       else if (o.type === "promote") this.fencedSet.add(formatIPv4(o.previous));
+      else if (o.type === "probe") this.asked.push(o);
     }
+  }
+
+  /** Answers the engine's pending probe of `target` as the edge would. */
+  answerProbe(target: string, alive: boolean, why: string): void {
+    const i = this.asked.findIndex((p) => p.target === target);
+    if (i < 0) throw new Error(`no probe of ${target} asked (${this.asked.map((p) => p.target).join(", ")})`);
+    const [p] = this.asked.splice(i, 1);
+    this.engine.probeResult(p!.id, alive, this.now, why, this.now * 1000);
+    this.engine.flush(this.now);
+    this.drain();
   }
 
   feed(s: TcpSegment): void {

@@ -87,7 +87,7 @@ async function killTogether(t: Test, lab: string, targets: string[]): Promise<Re
   return at;
 }
 
-const LONG_STALLS = { replyStallMs: 5000, ackStallMs: 5000 };
+const LONG_STALLS = { hangBudgetMs: 5000 };
 
 for (const mode of ["process", "link"] as const) {
   t.test(`a replica dying under load (${mode}) is removed; the others are unaffected`, async (t) => {
@@ -209,10 +209,10 @@ t.test("no replica left: the service runs unreplicated and says so", async (t) =
   t.equal(ping.stdout.trim(), "PONG", "a new connection through the VIP is answered");
 });
 
-t.test("a frozen original is failed over by the health check", async (t) => {
+t.test("a frozen original is failed over by the health check asked at the hang budget", async (t) => {
   const state = await withLab(t, "frrhc", 2, "redis", true, {
     healthCheck: { timeoutMs: 50 },
-    failure: LONG_STALLS,
+    failure: { hangBudgetMs: 300 },
   });
   const topo = state.topology;
   const socket = state.proxy!.statsSocket;
@@ -235,9 +235,10 @@ t.test("a frozen original is failed over by the health check", async (t) => {
   t.equal(failures.length, 1, "one original-failure");
   t.match(
     failures[0]?.reason,
-    /probe of its service port: no answer to the health check$/,
+    /\(hang budget\): health check; probe of its service port: no answer to the health check$/,
     "found by the health check",
   );
+  t.match(failures[0], { confirmedBy: "health check failed" }, "confirmed by the failed health check");
 
   await waitReplicationIdle(socket, 30_000);
   const remaining = topo.replicas.find((x) => x !== promoted)!;

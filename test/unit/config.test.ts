@@ -20,8 +20,8 @@ t.test("a valid config gets defaults", async (t) => {
   t.same(c.failure, {
     closeMismatchMs: 2,
     stallSuspectMs: 3,
-    replyStallMs: 60,
-    ackStallMs: 100,
+    hangBudgetMs: 1000,
+    hysteresisMs: 10_000,
     probeTimeoutMs: 5,
     probeIntervalMs: 500,
   });
@@ -35,7 +35,7 @@ t.test("a valid config gets defaults", async (t) => {
   });
   t.equal(tuned.failure.stallSuspectMs, 10);
   t.equal(tuned.failure.probeIntervalMs, 0, "periodic probes off");
-  t.equal(tuned.failure.replyStallMs, 60, "the rest keeps its default");
+  t.equal(tuned.failure.hangBudgetMs, 1000, "the rest keeps its default");
   t.same(tuned.healthCheck, { send: "PING\r\n", expect: "+PONG", timeoutMs: 10 });
 });
 
@@ -47,6 +47,9 @@ t.test("bad configs are refused with the field's name", async (t) => {
     [{ ...good, port: 0 }, /^port: expected an integer from 1 to 65535/],
     [{ ...good, port: "80" }, /^port/],
     [{ ...good, colour: "blue" }, /unknown field "colour"/],
+    [{ ...good, failure: { replyStallMs: 60 } }, /^failure.replyStallMs: replaced by failure.hangBudgetMs/],
+    [{ ...good, failure: { ackStallMs: 100 } }, /^failure.ackStallMs: replaced by failure.hangBudgetMs/],
+    [{ ...good, failure: { hangBudgetMs: 0 } }, /^hangBudgetMs: expected an integer from 1/],
     [{ ...good, replicas: {} }, /replicas: expected an array/],
     [{ ...good, replicas: [{ id: "r 1", address: "10.0.1.11" }] }, /replicas\[0\]\.id/],
     [

@@ -3,8 +3,13 @@
 import t from "tap";
 import fc from "fast-check";
 import { assertProperty } from "../property.js";
-import { ReplicationEngine, toOffset, toSeq } from "../../src/replica/engine.js";
-import { defaultConfig, type EngineConfig, type EngineEvent } from "../../src/replica/types.js";
+import { ReplicationEngine, SHADOW_CLOSE_MS, toOffset, toSeq } from "../../src/replica/engine.js";
+import {
+  DEFAULT_HANG_BUDGET_MS,
+  defaultConfig,
+  type EngineConfig,
+  type EngineEvent,
+} from "../../src/replica/types.js";
 import { parseIPv4 } from "../../src/wire/ipv4.js";
 import { ACK, FIN, RST, SYN, findOption, type TcpOption, type TcpSegment } from "../../src/wire/tcp.js";
 
@@ -457,6 +462,42 @@ t.test("client RST resets the shadows", async (t) => {
   t.equal(out[0]!.seq, toSeq(3, sc.clientIsn), "at the replica's next expected byte");
 });
 
+t.test("client RST: a replica with every byte but not every answer is reset once it answered", async (t) => {
+  const setup = () => {
+    const sc = new Scenario();
+    sc.open();
+    sc.replicaSynAck(R1, 1);
+    sc.client("INCR k\r\n");
+    sc.replica(R1, 0, "", 8); // its kernel has the request; its application (paused) did not answer
+    sc.original(":1\r\n");
+    return sc;
+  };
+  const sc = setup();
+  const out = sc.client("", 5, RST | ACK);
+  t.same(
+    out.filter((x) => x.dst === R1 && x.flags & RST),
+    [],
+    "no RST yet: it would discard the request its application has not read",
+  );
+  t.equal(sc.engine.stats().replicas[0]!.lagging, 0);
+  const after = sc.replica(R1, 0, ":1\r\n", 8);
+  t.ok(
+    after.some((x) => x.dst === R1 && x.flags & RST),
+    "answered what the original answered: reset now",
+  );
+  t.equal(sc.engine.stats().replicas[0]!.lagging, 0, "a faithful copy");
+  t.equal(sc.engine.stats().replicas[0]!.diverged, 0);
+
+  const stuck = setup();
+  stuck.client("", 5, RST | ACK);
+  stuck.tick(SHADOW_CLOSE_MS + 10);
+  t.match(
+    stuck.events.find((e) => e.type === "lagging"),
+    { replica: "r1", reason: "the client reset and the replica did not answer what the original did" },
+    "never answered: counted when the engine gives up",
+  );
+});
+
 t.test("buffers are bounded: a replica beyond the per-connection limit is lagging", async (t) => {
   const cfg = config();
   cfg.limits.perConnectionBytes = 10_000;
@@ -852,13 +893,14 @@ t.test("failure detection: the original stops answering what the replica answers
   sc.client("INCR k\r\n");
   sc.replica(R1, 0, ":1\r\n", 8); // the original is frozen: no reply
   t.same(
-    sc.tick(50).filter((s) => s.dst === CLIENT),
+    sc.tick(DEFAULT_HANG_BUDGET_MS - 10).filter((s) => s.dst === CLIENT),
     [],
+    "nothing within the hang budget",
   );
   const out = sc.tick(11);
   t.match(
     sc.events.find((e) => e.type === "original-failure"),
-    { reason: /stopped answering/ },
+    { reason: /stopped answering/, confirmedBy: "hang budget" },
   );
   const toClient = out.filter((s) => s.dst === CLIENT && s.payload.length > 0);
   t.equal(text(toClient[0]!.payload), ":1\r\n", "the replica's answer reaches the client");
@@ -870,8 +912,8 @@ t.test("failure detection: without auto failover, one signal and nothing else", 
   sc.replicaSynAck(R1, 1);
   sc.client("x");
   sc.replica(R1, 0, "y", 1);
-  sc.tick(70);
-  sc.tick(70);
+  sc.tick(DEFAULT_HANG_BUDGET_MS + 10);
+  sc.tick(DEFAULT_HANG_BUDGET_MS + 10);
   t.equal(sc.events.filter((e) => e.type === "original-failure").length, 1);
   t.equal(sc.engine.stats().failures.promotions, 0);
   t.equal(sc.engine.bestReplica(), "r1");
@@ -896,8 +938,13 @@ t.test("no failure when the original is merely ahead or the replicas close with 
 
 /** An open connection with probes on: every replica answered the client's "q" with the
  * original's "a". */
-function probing(replicas: number[], autoFailover = true): Scenario {
+function probing(
+  replicas: number[],
+  autoFailover = true,
+  failure: Partial<EngineConfig["failure"]> = {},
+): Scenario {
   const cfg = config();
+  Object.assign(cfg.failure, failure);
   cfg.failure.autoFailover = autoFailover;
   cfg.failure.probes = true;
   const sc = new Scenario(cfg, replicas);
@@ -950,6 +997,7 @@ t.test("closing alone is confirmed by a probe of the original's port", async (t)
 t.test("a stall is suspected after a few ms and confirmed by an unanswered probe", async (t) => {
   const setup = () => {
     const cfg = config();
+    cfg.failure.hangBudgetMs = 60;
     cfg.failure.autoFailover = true;
     cfg.failure.probes = true;
     const sc = new Scenario(cfg, [R1]);
@@ -971,7 +1019,7 @@ t.test("a stall is suspected after a few ms and confirmed by an unanswered probe
   t.match(dead.probes, [{ target: "original", reason: /stopped answering|stopped acknowledging/ }]);
   dead.engine.probeResult(dead.probes[0]!.id, false, dead.now);
   const out = dead.candidates();
-  t.equal(dead.engine.stats().failures.promotions, 1, "no answer: fail over now, not after replyStallMs");
+  t.equal(dead.engine.stats().failures.promotions, 1, "no answer: fail over now, not after the hang budget");
   t.ok(
     out.some((s) => s.dst === CLIENT && text(s.payload) === ":2\r\n"),
     "and the replica's answer goes to the client at once",
@@ -987,7 +1035,7 @@ t.test("a stall is suspected after a few ms and confirmed by an unanswered probe
   t.equal(frozen.engine.stats().failures.promotions, 0);
   frozen.tick(20);
   frozen.candidates();
-  t.equal(frozen.engine.stats().failures.promotions, 1, "but the application stays silent: replyStallMs");
+  t.equal(frozen.engine.stats().failures.promotions, 1, "but the application stays silent: the hang budget");
 });
 
 t.test("unacknowledged client bytes are suspicious before any replica answers", async (t) => {
@@ -1478,8 +1526,8 @@ t.test("periodic probes find failures when no client is talking", async (t) => {
 });
 
 t.test("the unconfirmed stall threshold follows how far the original normally trails", async (t) => {
-  const sc = probing([R1], true);
-  t.equal(sc.engine.stats().failures.thresholds.replyStallMs, 60, "the floor before any sample");
+  const sc = probing([R1], true, { hangBudgetMs: 60 });
+  t.equal(sc.engine.stats().failures.thresholds.hangBudgetMs, 60, "the floor before any sample");
   let probes = 0;
   for (let i = 1; i <= 30; i++) {
     sc.client("q", i);
@@ -1495,7 +1543,7 @@ t.test("the unconfirmed stall threshold follows how far the original normally tr
     sc.original("a");
   }
   const th = sc.engine.stats().failures.thresholds;
-  t.ok(th.replyStallMs > 60, `the application-stall threshold rose to ${th.replyStallMs.toFixed(1)} ms`);
+  t.ok(th.hangBudgetMs > 60, `the hang budget rose to ${th.hangBudgetMs.toFixed(1)} ms`);
   t.equal(th.stallSuspectMs, 3, "the probe-confirmed suspicion stays at its RTT-derived floor");
   t.ok(probes > 0 && probes <= 30, `${probes} probes, at most one per stall and 50 per second`);
   t.equal(sc.engine.stats().failures.promotions, 0, "a slow but living original is never failed over");

@@ -45,11 +45,11 @@ class World extends EngineParts {
       () => this.original,
       {
         fence: () => this.fences++,
-        promote: (id, now) => {
+        promote: (id, now, _wait, confirmedBy, reason) => {
           // As ReplicationEngine.promote does (the splice aside).
           this.promotions.push([id, now]);
           this.replicas.promote(id);
-          this.detector.promoted();
+          this.detector.promoted(this.original, now, confirmedBy, reason);
           this.original = this.replicas.get(id)!.info.address;
         },
         removeReplica: (id) => {
@@ -353,5 +353,165 @@ t.test("no evidence probe of the original while it is on hold", async (t) => {
     w.drain().probes.map((p) => [p.target, p.reason]),
     [["original", PERIODIC]],
     "the periodic probe once the hold ended",
+  );
+});
+
+// ---------------------------------------------------------------- the decision rule (issue 16)
+
+/** A stall past the hang budget, as a tick's inspection reports it. */
+const hang = (afterMs = 1000): Extract<Verdict, { verdict: "failed" }> => ({
+  verdict: "failed",
+  reason: "the original stopped answering what the replicas answer",
+  conn: openConnection(),
+  afterMs,
+  by: "hang budget",
+});
+
+function failedTick(w: World, now: number, failed: Verdict): number | undefined {
+  return earliest((want) => w.detector.endTick(now, w.detector.holding(now), failed, undefined, want)).next;
+}
+
+/** Promotes r1 on a refused probe at `now` (a confirmed failover). */
+function failOver(w: World, now: number): void {
+  w.captured("client", now);
+  w.captured("backend", now);
+  w.endTick(now, { verdict: "suspect", reason: "test", conn: openConnection(), afterMs: 3 });
+  const asked = w.drain().probes;
+  const original = asked.find((x) => x.target === "original")!;
+  const candidate = asked.find((x) => x.reason.endsWith(CANDIDATE))!;
+  w.detector.probeResult(candidate.id, true, now);
+  w.detector.probeResult(original.id, false, now, "ECONNREFUSED", now * 1000);
+}
+
+t.test("evidence probes of the original are three parallel handshakes, without a health check", async (t) => {
+  const w = new World({ healthCheckMs: 50 });
+  const p = w.suspectOriginal(10);
+  t.match(p, { target: "original", copies: 3 }, "one lost SYN is no death");
+  t.equal(p.checkMs, undefined, "a paused application must not be confirmed dead by a short check");
+});
+
+t.test(
+  "a stall past the hang budget fails over without a health check, confirmed by 'hang budget'",
+  async (t) => {
+    const w = new World({ autoFailover: false });
+    failedTick(w, 2000, hang());
+    w.drain();
+    t.match(w.failures(), [{ type: "original-failure", confirmedBy: "hang budget", afterMs: 1000 }]);
+  },
+);
+
+t.test(
+  "with a health check, the hang budget asks it: answered, no failure; silent, a failover",
+  async (t) => {
+    const w = new World({ autoFailover: false, healthCheckMs: 50 });
+    failedTick(w, 2000, hang());
+    const [check] = w.drain().probes;
+    t.match(check, { target: "original", checkMs: 50, reason: /\(hang budget\): health check$/ });
+    t.equal(w.failures().length, 0, "not before the check answers");
+    failedTick(w, 2010, hang(1010));
+    t.same(w.drain().probes, [], "one check at a time");
+    w.detector.probeResult(check!.id, true, 2020, "health check answered");
+    t.equal(w.detector.probes.checkedSince("original"), 2000, "the stall is explained up to the check");
+    t.equal(w.failures().length, 0, "the application answers: a slow request, not a hung service");
+
+    const silent = new World({ autoFailover: false, healthCheckMs: 50 });
+    silent.captured("client", 2000);
+    silent.captured("backend", 2000);
+    failedTick(silent, 2000, hang());
+    const [c2] = silent.drain().probes;
+    silent.detector.probeResult(c2!.id, false, 2050, "no answer to the health check", 2_000_000);
+    silent.drain();
+    t.match(silent.failures(), [
+      {
+        type: "original-failure",
+        confirmedBy: "health check failed",
+        reason: /health check; probe of its service port: no answer to the health check$/,
+      },
+    ]);
+  },
+);
+
+t.test("hysteresis: a stall alone does not fail the new original over within the window", async (t) => {
+  const w = new World({ autoFailover: true, hysteresisMs: 10_000 }, ["r1", "r2"]);
+  failOver(w, 1000);
+  t.equal(w.promotions.length, 1, "the first failover (a refused probe)");
+  const next = failedTick(w, 3000, hang());
+  const { events } = w.drain();
+  t.match(
+    events.filter((e) => e.type === "failover-withheld"),
+    [{ type: "failover-withheld", why: /2000 ms after a promotion \(hysteresis 10000 ms\)/ }],
+  );
+  t.equal(w.detector.withheld, 1);
+  t.equal(w.promotions.length, 1, "withheld");
+  t.ok(next !== undefined && next <= 11_000, "looks again when the window ends");
+  failedTick(w, 5000, hang(3000));
+  t.equal(w.detector.withheld, 1, "one event per window");
+  failedTick(w, 11_000, hang(9000));
+  w.drain();
+  t.equal(w.promotions.length, 1, "after the window the verdict goes to the election (r2 probed first)");
+  t.match(w.failures().at(-1), { confirmedBy: "hang budget" });
+
+  // Confirmed evidence within the window still fails over.
+  const c = new World({ autoFailover: true, hysteresisMs: 10_000 }, ["r1", "r2"]);
+  failOver(c, 1000);
+  failOver(c, 1500);
+  t.equal(c.promotions.length, 2, "a refused probe 500 ms after a promotion is acted on");
+  t.equal(c.detector.withheld, 0);
+});
+
+t.test("a replaced original is watched: alive again is a false failover, reported once", async (t) => {
+  const w = new World({ autoFailover: true }, ["r1", "r2"]);
+  failOver(w, 1000);
+  t.match(w.detector.formers, [{ address: "10.0.1.10", state: "watching", confirmedBy: "probe refused" }]);
+  w.endTick(1001);
+  const [first] = w.drain().probes.filter((p) => p.target.startsWith("former"));
+  t.match(first, { target: "former 10.0.1.10", address: ORIGINAL });
+  w.detector.probeResult(first!.id, false, 1005, "ECONNREFUSED");
+  t.equal(w.detector.formers[0]!.state, "watching", "refused: still dead");
+  t.equal(w.promotions.length, 1, "a former original's answer is no verdict about anyone");
+  w.endTick(1300);
+  t.same(
+    w.drain().probes.filter((p) => p.target.startsWith("former")),
+    [],
+    "every 500 ms",
+  );
+  w.endTick(1505);
+  const [second] = w.drain().probes.filter((p) => p.target.startsWith("former"));
+  w.detector.probeResult(second!.id, true, 1506);
+  const { events } = w.drain();
+  t.match(events, [
+    { type: "former-original-alive", address: "10.0.1.10", confirmedBy: "probe refused", afterMs: 506 },
+  ]);
+  t.equal(w.detector.falseFailovers, 1);
+  t.match(w.detector.formers[0], { state: "alive", aliveAfterMs: 506 });
+  w.endTick(2100);
+  t.same(
+    w.drain().probes.filter((p) => p.target.startsWith("former")),
+    [],
+    "no longer probed",
+  );
+
+  const gone = new World({ autoFailover: true }, ["r1", "r2"]);
+  failOver(gone, 1000);
+  gone.endTick(1000 + 60_000);
+  t.equal(gone.detector.formers[0]!.state, "gone", "the watch ends after a minute");
+});
+
+t.test("a switchover's former original is not watched; at most 16 are remembered", async (t) => {
+  const w = new World({ autoFailover: true }, ["r1"]);
+  w.detector.promoted(ORIGINAL, 10, "switchover", "switchover");
+  t.same(w.detector.formers, []);
+  for (let i = 0; i < 20; i++) w.detector.promoted(ORIGINAL + 100 + i, 20 + i, "probe refused", "test");
+  t.equal(w.detector.formers.length, 16);
+  t.equal(w.detector.formers[0]!.addr, ORIGINAL + 104, "the oldest forgotten");
+});
+
+t.test("the new original's probe deadline starts from its round trip as a replica", async (t) => {
+  const w = new World({ autoFailover: true });
+  t.equal(w.detector.thresholds().probeTimeoutMs, 5);
+  w.detector.promoted(ORIGINAL, 10, "probe refused", "test", 16);
+  t.ok(
+    w.detector.thresholds().probeTimeoutMs >= 64,
+    `4 × its 16 ms RTT (${w.detector.thresholds().probeTimeoutMs} ms), not the LAN floor`,
   );
 });

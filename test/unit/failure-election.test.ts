@@ -166,11 +166,17 @@ t.test(
     t.ok(w.election.holdRefusal(refusal(40001), 10));
     t.ok(w.election.holdRefusal(refusal(40002), 11));
     t.equal(w.election.refusalsHeld, 2);
-    w.election.originalFailed("it closed alone", "10.0.0.2:40000", 3, 20);
+    w.election.originalFailed("it closed alone", "10.0.0.2:40000", 3, 20, "close alone");
     t.same(w.drain(), [
       {
         type: "event",
-        event: { type: "original-failure", reason: "it closed alone", conn: "10.0.0.2:40000", afterMs: 3 },
+        event: {
+          type: "original-failure",
+          reason: "it closed alone",
+          conn: "10.0.0.2:40000",
+          afterMs: 3,
+          confirmedBy: "close alone",
+        },
       },
       // Nobody takes over: the refusals are the truth.
       { type: "send", segment: refusal(40001), to: "client" },
@@ -195,7 +201,7 @@ t.test(
     w.connection(["r1"]);
     w.election.holdRefusal(refusal(40001), 10);
     w.election.holdRefusal(refusal(40002), 11);
-    w.election.originalFailed("the original stopped answering", "", 60, 100, 90);
+    w.election.originalFailed("the original stopped answering", "", 60, 100, "hang budget", 90);
     const out = w.drain();
     t.match(out, [
       { type: "event", event: { type: "original-failure" } },
@@ -233,7 +239,7 @@ t.test(
 t.test("originalFailed with autoFailover but no probes: promoted at once", async (t) => {
   const w = new World({ probes: false, autoFailover: true });
   w.srtt("r2", 1);
-  w.election.originalFailed("closed alone", "c", 2, 50);
+  w.election.originalFailed("closed alone", "c", 2, 50, "probe refused");
   t.same(w.promoted, [["r2", 50, 0]]);
   t.equal(w.drain().filter((o) => o.type === "probe").length, 0, "no probe");
 });
@@ -241,7 +247,7 @@ t.test("originalFailed with autoFailover but no probes: promoted at once", async
 t.test("no replica left: the election ends with no-replica-left", async (t) => {
   const w = new World({ probes: true, autoFailover: true }, ["r1"]);
   w.replicas.promote("r1");
-  w.election.originalFailed("closed alone", "c", 2, 50);
+  w.election.originalFailed("closed alone", "c", 2, 50, "probe refused");
   const events = eventsIn(w.drain());
   t.match(events, [
     { type: "original-failure" },
@@ -319,7 +325,7 @@ t.test(
     originalChannelAt(w, 9_000);
     const conn = acknowledgedAhead(w);
     const times: number[] = [];
-    w.election.originalFailed("test", "", 0, 20);
+    w.election.originalFailed("test", "", 0, 20, "probe refused");
     t.same(w.promoted, [], "not promoted while the channel may still deliver them");
     t.equal(w.fences, 1, "the original is fenced meanwhile (its clients stop acknowledging)");
     w.election.run(21, (x) => times.push(x));
@@ -339,7 +345,7 @@ t.test("a promotion stops waiting once the channel delivered later packets, or a
   const w = new World({ probes: false, autoFailover: true });
   originalChannelAt(w, 9_000);
   acknowledgedAhead(w);
-  w.election.originalFailed("test", "", 0, 20);
+  w.election.originalFailed("test", "", 0, 20, "probe refused");
   t.same(w.promoted, []);
   originalChannelAt(w, 11_999);
   w.election.run(21);
@@ -352,7 +358,7 @@ t.test("a promotion stops waiting once the channel delivered later packets, or a
   const s = new World({ probes: false, autoFailover: true });
   originalChannelAt(s, 9_000);
   acknowledgedAhead(s);
-  s.election.originalFailed("test", "", 0, 20);
+  s.election.originalFailed("test", "", 0, 20, "probe refused");
   s.election.run(20 + PROMOTION_CATCH_UP_MS - 1);
   t.same(s.promoted, [], "waiting until the bound");
   s.election.run(20 + PROMOTION_CATCH_UP_MS);
@@ -362,7 +368,7 @@ t.test("a promotion stops waiting once the channel delivered later packets, or a
   const g = new World({ probes: false, autoFailover: true });
   originalChannelAt(g, 9_000);
   acknowledgedAhead(g).captureGap = true;
-  g.election.originalFailed("test", "", 0, 20);
+  g.election.originalFailed("test", "", 0, 20, "probe refused");
   t.same(g.promoted, [["r1", 20, 0]], "a confirmed gap is not waited for");
 });
 

@@ -30,7 +30,12 @@ interface Harness {
   evidence: OriginalEvidence;
   released: Array<[ReplicatedConnection, ShadowConversation]>;
   /** Runs inspect and returns the verdict and the earliest time `want` was given. */
-  look(conn: ReplicatedConnection, now: number, aliveAt?: number): { v: Verdict; next: number | undefined };
+  look(
+    conn: ReplicatedConnection,
+    now: number,
+    aliveAt?: number,
+    checkedAt?: number,
+  ): { v: Verdict; next: number | undefined };
 }
 
 function harness(over: Partial<EngineConfig["failure"]> = {}, finHoldMs = 2000): Harness {
@@ -41,8 +46,8 @@ function harness(over: Partial<EngineConfig["failure"]> = {}, finHoldMs = 2000):
   return {
     evidence,
     released,
-    look(conn, now, aliveAt = -Infinity) {
-      const { value: v, next } = earliest((want) => evidence.inspect(conn, now, aliveAt, want));
+    look(conn, now, aliveAt = -Infinity, checkedAt = -Infinity) {
+      const { value: v, next } = earliest((want) => evidence.inspect(conn, now, aliveAt, checkedAt, want));
       return { v, next };
     },
   };
@@ -129,60 +134,78 @@ function replyAhead() {
   return conn;
 }
 
-t.test("reply stall: the replica answered more and the original sent no data for replyStallMs", async (t) => {
-  const h = harness({ probes: false });
-  const conn = replyAhead();
-  h.evidence.heard(true, { at: 0, captureUs: undefined });
-  const first = h.look(conn, 10);
-  t.equal(conn.replyAheadSince, 10, "the stall clock starts when it is first seen");
-  t.same(first.v, { verdict: "none" });
-  t.equal(first.next, 70, "want: since + replyStallMs");
-  t.same(h.look(conn, 69).v, { verdict: "none" });
-  t.same(h.look(conn, 70).v, { verdict: "failed", reason: REPLY_STALL, conn, afterMs: 60 });
+t.test(
+  "reply stall: the replica answered more and the original sent no data for the hang budget",
+  async (t) => {
+    const h = harness({ probes: false, hangBudgetMs: 60 });
+    const conn = replyAhead();
+    h.evidence.heard(true, { at: 0, captureUs: undefined });
+    const first = h.look(conn, 10);
+    t.equal(conn.replyAheadSince, 10, "the stall clock starts when it is first seen");
+    t.same(first.v, { verdict: "none" });
+    t.equal(first.next, 70, "want: since + the hang budget");
+    t.same(h.look(conn, 69).v, { verdict: "none" });
+    t.same(h.look(conn, 70).v, {
+      verdict: "failed",
+      reason: REPLY_STALL,
+      conn,
+      afterMs: 60,
+      by: "hang budget",
+    });
 
-  // A frozen application's kernel still sends ACKs: the reply stall counts data only.
-  h.evidence.heard(false, { at: 65, captureUs: undefined });
-  t.match(h.look(conn, 70).v, { verdict: "failed", reason: REPLY_STALL }, "an ACK is not an answer");
+    // A frozen application's kernel still sends ACKs: the reply stall counts data only.
+    h.evidence.heard(false, { at: 65, captureUs: undefined });
+    t.match(h.look(conn, 70).v, { verdict: "failed", reason: REPLY_STALL }, "an ACK is not an answer");
 
-  // Data from the original (on any connection): it is busy, not dead.
-  const busy = harness({ probes: false });
-  const other = replyAhead();
-  busy.evidence.heard(true, { at: 0, captureUs: undefined });
-  busy.look(other, 10);
-  busy.evidence.heard(true, { at: 30, captureUs: undefined });
-  const later = busy.look(other, 70);
-  t.same(later.v, { verdict: "none" }, "the original sent data 40 ms ago");
-  t.equal(later.next, 90, "want: when its silence reaches replyStallMs");
-  t.same(busy.look(other, 89).v, { verdict: "none" });
-  t.match(busy.look(other, 90).v, { verdict: "failed", reason: REPLY_STALL, afterMs: 80 });
-  t.same(
-    busy.look(replyAhead(), 90).v,
-    { verdict: "none" },
-    "a connection's own clock starts at its first look",
-  );
-});
+    // Data from the original (on any connection): it is busy, not dead.
+    const busy = harness({ probes: false, hangBudgetMs: 60 });
+    const other = replyAhead();
+    busy.evidence.heard(true, { at: 0, captureUs: undefined });
+    busy.look(other, 10);
+    busy.evidence.heard(true, { at: 30, captureUs: undefined });
+    const later = busy.look(other, 70);
+    t.same(later.v, { verdict: "none" }, "the original sent data 40 ms ago");
+    t.equal(later.next, 90, "want: when its silence reaches the hang budget");
+    t.same(busy.look(other, 89).v, { verdict: "none" });
+    t.match(busy.look(other, 90).v, { verdict: "failed", reason: REPLY_STALL, afterMs: 80 });
+    t.same(
+      busy.look(replyAhead(), 90).v,
+      { verdict: "none" },
+      "a connection's own clock starts at its first look",
+    );
+  },
+);
 
-t.test("ack stall: the replica acknowledged client bytes the original did not, for ackStallMs", async (t) => {
-  const h = harness({ probes: false });
-  const { conn, shadows } = opened();
-  conn.client.write(0, filled(10));
-  conn.originalAckOffset = 4;
-  shadows[0]!.sndUna = 10;
-  t.same(h.look(conn, 0).v, { verdict: "none" });
-  t.equal(conn.ackBehindSince, 0);
-  t.equal(conn.unackedSince, 0);
-  t.same(h.look(conn, 99).v, { verdict: "none" });
-  t.same(h.look(conn, 100).v, { verdict: "failed", reason: ACK_STALL, conn, afterMs: 100 });
-  // Any segment of the original (an ACK on another connection) proves it is not silent.
-  h.evidence.heard(false, { at: 50, captureUs: undefined });
-  t.same(h.look(conn, 100).v, { verdict: "none" });
-  t.match(h.look(conn, 150).v, { verdict: "failed", reason: ACK_STALL });
-  // The original catches up: no evidence, and the clocks stop.
-  conn.originalAckOffset = 10;
-  t.same(h.look(conn, 500).v, { verdict: "none" });
-  t.equal(conn.ackBehindSince, undefined);
-  t.equal(conn.unackedSince, undefined);
-});
+t.test(
+  "ack stall: the replica acknowledged client bytes the original did not, for the hang budget",
+  async (t) => {
+    const h = harness({ probes: false, hangBudgetMs: 100 });
+    const { conn, shadows } = opened();
+    conn.client.write(0, filled(10));
+    conn.originalAckOffset = 4;
+    shadows[0]!.sndUna = 10;
+    t.same(h.look(conn, 0).v, { verdict: "none" });
+    t.equal(conn.ackBehindSince, 0);
+    t.equal(conn.unackedSince, 0);
+    t.same(h.look(conn, 99).v, { verdict: "none" });
+    t.same(h.look(conn, 100).v, {
+      verdict: "failed",
+      reason: ACK_STALL,
+      conn,
+      afterMs: 100,
+      by: "hang budget",
+    });
+    // Any segment of the original (an ACK on another connection) proves it is not silent.
+    h.evidence.heard(false, { at: 50, captureUs: undefined });
+    t.same(h.look(conn, 100).v, { verdict: "none" });
+    t.match(h.look(conn, 150).v, { verdict: "failed", reason: ACK_STALL });
+    // The original catches up: no evidence, and the clocks stop.
+    conn.originalAckOffset = 10;
+    t.same(h.look(conn, 500).v, { verdict: "none" });
+    t.equal(conn.ackBehindSince, undefined);
+    t.equal(conn.unackedSince, undefined);
+  },
+);
 
 t.test("an unacknowledged client byte is only a suspicion, probed at most every 20 ms", async (t) => {
   const h = harness({ probes: true });
@@ -202,7 +225,7 @@ t.test("an unacknowledged client byte is only a suspicion, probed at most every 
 });
 
 t.test("restartStallClocks floors the stall clocks", async (t) => {
-  const h = harness({ probes: false });
+  const h = harness({ probes: false, hangBudgetMs: 60 });
   const conn = replyAhead();
   h.look(conn, 0);
   t.equal(conn.replyAheadSince, 0);
@@ -220,31 +243,51 @@ t.test("restartStallClocks floors the stall clocks", async (t) => {
   t.equal(later.replyAheadSince, 80, "a clock started after the floor is not moved");
 });
 
+t.test("a health check the application answered restarts the hang budget from its send time", async (t) => {
+  const h = harness({ probes: true, hangBudgetMs: 60 });
+  const conn = replyAhead();
+  h.evidence.heard(true, { at: 0, captureUs: undefined });
+  h.look(conn, 0);
+  t.match(h.look(conn, 60).v, { verdict: "failed", by: "hang budget" }, "unchecked: the budget ran out");
+  // A check sent at 50 was answered: the application is alive, the request merely slow.
+  const checked = h.look(conn, 60, -Infinity, 50);
+  t.not(checked.v.verdict, "failed", "the stall counts from the check");
+  t.equal(checked.next, 110, "want: the check's send time + the budget");
+  t.match(h.look(conn, 110, -Infinity, 50).v, { verdict: "failed", reason: REPLY_STALL, afterMs: 110 });
+  t.match(
+    h.look(conn, 1000, 900, -Infinity).v,
+    { verdict: "failed", by: "hang budget" },
+    "a kernel-level probe answering explains a suspicion, never a hang",
+  );
+});
+
 t.test(
   "thresholds follow the handshake RTT and the trailing samples, never below their floors",
   async (t) => {
-    const h = harness({ stallSuspectMs: 3, probeTimeoutMs: 5, replyStallMs: 60, ackStallMs: 100 });
+    const h = harness({ stallSuspectMs: 3, probeTimeoutMs: 5, hangBudgetMs: 60 });
     const e = h.evidence;
     t.equal(e.stallSuspectMs(), 3, "floor before any sample");
     t.equal(e.probeTimeoutMs(), 5);
-    t.equal(e.appStallMs(60), 60);
+    t.equal(e.hangBudgetMs(), 60);
     // Fast paths: the estimates are below the floors.
     e.handshakeRtt(0.1); // bound: 0.1 + 4 × 0.05 = 0.3
     e.trailed(1); // bound: 1 + 8 × 0.5 = 5
     t.equal(e.stallSuspectMs(), 3, "2 × 0.3 is below the floor");
     t.equal(e.probeTimeoutMs(), 5, "4 × 0.3 is below the floor");
-    t.equal(e.appStallMs(60), 60, "5 is below the floor");
+    t.equal(e.hangBudgetMs(), 60, "5 is below the floor");
 
     e.reset();
     e.handshakeRtt(10); // mean 10, deviation 5: bound 30
     t.equal(e.stallSuspectMs(), 60, "2 × the RTT bound");
     t.equal(e.probeTimeoutMs(), 120, "4 × the RTT bound");
     e.trailed(20); // mean 20, deviation 10: bound 100
-    t.equal(e.appStallMs(60), 100, "mean + 8 × deviation of how far it trails");
-    t.equal(e.appStallMs(150), 150, "the floor still wins when higher");
+    t.equal(e.hangBudgetMs(), 100, "mean + 8 × deviation of how far it trails");
+    const high = harness({ hangBudgetMs: 150 }).evidence;
+    high.trailed(20);
+    t.equal(high.hangBudgetMs(), 150, "the configured budget still wins when higher");
     e.reset();
     t.equal(e.stallSuspectMs(), 3, "a new original starts from the floors");
-    t.equal(e.appStallMs(60), 60);
+    t.equal(e.hangBudgetMs(), 60);
   },
 );
 
@@ -258,7 +301,7 @@ t.test("inspect uses the adapted thresholds", async (t) => {
   t.same(slow.look(conn, 59).v, { verdict: "none" }, "3 ms is not enough for a slow path");
   t.match(slow.look(conn, 60).v, { verdict: "suspect", reason: UNACKED });
 
-  const trailing = harness({ probes: false });
+  const trailing = harness({ probes: false, hangBudgetMs: 60 });
   trailing.evidence.trailed(20); // reply stall after 100 ms
   const ahead = replyAhead();
   t.equal(trailing.look(ahead, 0).next, 100);
@@ -275,9 +318,9 @@ t.test("want reports the time the reply-stall verdict changes", async (t) => {
       fc.integer({ min: 0, max: 2 }), // trailing samples raise the threshold
       fc.double({ min: 0, max: 1, noNaN: true }), // when, before the verdict, inspect looks
       (start, heard, samples, frac) => {
-        const h = harness({ probes: false });
+        const h = harness({ probes: false, hangBudgetMs: 60 });
         for (let i = 0; i < samples; i++) h.evidence.trailed(30 + 20 * i);
-        const limit = h.evidence.appStallMs(60);
+        const limit = h.evidence.hangBudgetMs();
         const conn = replyAhead();
         const heardAt = start + heard;
         h.evidence.heard(true, { at: heardAt, captureUs: undefined });

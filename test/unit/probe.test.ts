@@ -2,7 +2,7 @@
 // once, a health check must be answered right and in time, a cancelled probe never answers.
 import t, { type Test } from "tap";
 import { createServer, type Server, type Socket } from "node:net";
-import { probe, type ProbeAnswer, type ProbeRequest } from "../../src/proxy/probe.js";
+import { probe, probeCopies, type ProbeAnswer, type ProbeRequest } from "../../src/proxy/probe.js";
 
 function ask(req: ProbeRequest): Promise<ProbeAnswer> {
   return new Promise((resolve) => probe(req, resolve));
@@ -54,14 +54,6 @@ t.test("health check: the application must answer right and in time", async (t) 
   t.match(quiet, { alive: false, why: "no answer to the health check" });
   // libuv arms timers from the loop's cached clock, which may lag performance.now() by ~1 ms.
   t.ok(quiet.ms >= 49, `after its own timeout (${quiet.ms.toFixed(1)} ms)`);
-  const periodic = await ask({
-    address: "127.0.0.1",
-    port: silent,
-    timeoutMs: 1000,
-    healthCheck: check,
-    periodic: true,
-  });
-  t.ok(periodic.ms >= 199, `a periodic probe waits 4 × (${periodic.ms.toFixed(1)} ms)`);
   t.match(await ask({ address: "127.0.0.1", port: wrong, timeoutMs: 1000, healthCheck: check }), {
     alive: false,
     why: /wrong answer|closed during/,
@@ -78,4 +70,45 @@ t.test("a cancelled probe never answers", async (t) => {
   h.cancel();
   await new Promise((r) => setTimeout(r, 100));
   t.notOk(answered);
+});
+
+t.test("parallel copies answer once: alive or refused if one was, silent only if all were", async (t) => {
+  const copies = (req: ProbeRequest, n: number) =>
+    new Promise<{ a: ProbeAnswer; answers: () => number }>((resolve) => {
+      let answers = 0;
+      probeCopies(req, n, (a) => {
+        answers++;
+        resolve({ a, answers: () => answers });
+      });
+    });
+  const check = { send: "PING\r\n", expect: "PING", timeoutMs: 100 };
+  // Only the connection with the given index (0-based, in accept order) is answered: a lost SYN
+  // or a stalled answer on one copy must not decide while another copy can still say "alive".
+  const answersOnly = async (which: number) => {
+    let n = 0;
+    return server(t, (s) => {
+      if (n++ === which) s.pipe(s);
+    });
+  };
+  for (const which of [0, 1]) {
+    const port = await answersOnly(which);
+    const { a, answers } = await copies(
+      { address: "127.0.0.1", port, timeoutMs: 1000, healthCheck: check },
+      2,
+    );
+    t.match(a, { alive: true, why: "health check answered" }, `copy ${which} answered: alive`);
+    await new Promise((r) => setTimeout(r, 150));
+    t.equal(answers(), 1, "one answer");
+  }
+  const silent = await server(t, () => undefined);
+  const quiet = await copies({ address: "127.0.0.1", port: silent, timeoutMs: 1000, healthCheck: check }, 2);
+  t.match(quiet.a, { alive: false, why: "no answer to the health check" }, "both silent: dead");
+  await new Promise((r) => setTimeout(r, 150));
+  t.equal(quiet.answers(), 1, "one answer");
+  const srv = createServer();
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
+  const free = (srv.address() as { port: number }).port;
+  await new Promise<void>((r) => srv.close(() => r()));
+  const refused = await copies({ address: "127.0.0.1", port: free, timeoutMs: 1000 }, 3);
+  t.match(refused.a, { alive: false, why: "ECONNREFUSED" }, "a refusal decides");
 });

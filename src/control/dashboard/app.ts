@@ -35,6 +35,8 @@ interface HistoryEntry {
   reset?: number;
   stallMs?: number;
   reason?: string;
+  address?: string;
+  confirmedBy?: string;
 }
 interface Status {
   service: { address: string };
@@ -44,6 +46,12 @@ interface Status {
   rtt: { windowMs: number; client: PathRtt; original: PathRtt } | null;
   history: HistoryEntry[];
   state: { connected: boolean; pendingWrites: number };
+  failures: {
+    hangBudgetMs: number;
+    withheld: number;
+    falseFailovers: number;
+    formerOriginals: Array<{ address: string; state: string }>;
+  };
 }
 interface Roles {
   original: { address: string; id: string | null };
@@ -212,6 +220,11 @@ function drawStatus(s: Status): void {
   $("#vip").textContent = s.service.address;
   $("#connections").textContent =
     `${s.connections.active} open, ${s.connections.diverged} diverged, ${s.connections.lagging} lagging`;
+  const f = s.failures;
+  const lost = f.formerOriginals.filter((x) => x.state === "alive").map((x) => x.address);
+  const detector = $("#detector");
+  detector.textContent = `hang budget ${f.hangBudgetMs.toFixed(0)} ms, ${f.withheld} withheld, ${f.falseFailovers} false failovers${lost.length > 0 ? ` — lost capacity: ${lost.join(", ")} (needs resync)` : ""}`;
+  detector.className = `small${lost.length > 0 ? " bad" : ""}`;
   const store = $("#store");
   store.textContent = s.state.connected
     ? "state stored"
@@ -269,8 +282,8 @@ function drawStatus(s: Status): void {
 function describeHistory(h: HistoryEntry): string {
   const at = new Date(h.at).toLocaleTimeString();
   if (h.from !== undefined)
-    return `${at} ${h.kind}: ${h.from} → ${h.to ?? "?"} (${h.replica}), ${h.spliced ?? 0} spliced, ${h.reset ?? 0} reset${h.stallMs !== undefined ? `, stall ${h.stallMs.toFixed(1)} ms` : ""}${h.reason ? ` — ${h.reason}` : ""}`;
-  return `${at} ${h.kind}: ${h.replica}${h.reason ? ` — ${h.reason}` : ""}`;
+    return `${at} ${h.kind}: ${h.from} → ${h.to ?? "?"} (${h.replica}), ${h.spliced ?? 0} spliced, ${h.reset ?? 0} reset${h.stallMs !== undefined ? `, stall ${h.stallMs.toFixed(1)} ms` : ""}${h.confirmedBy ? `, confirmed by ${h.confirmedBy}` : ""}${h.reason ? ` — ${h.reason}` : ""}`;
+  return `${at} ${h.kind}: ${h.replica || h.address || ""}${h.reason ? ` — ${h.reason}` : ""}`;
 }
 
 // ------------------------------------------------------------------ data sources

@@ -12,20 +12,26 @@ import type { ReplicatedConnection } from "../connection.js";
 import type { Outbox } from "../outbox.js";
 import type { ReplicaSet } from "../replica-set.js";
 import type { ShadowConversation } from "../shadow.js";
-import type { EngineConfig } from "../types.js";
+import type { Confirmation, EngineConfig, FormerOriginal } from "../types.js";
+import { formatIPv4 } from "../../wire/ipv4.js";
 import { Election } from "./election.js";
 import { CLOSE_ALONE, OriginalEvidence, STALL_PROBE_INTERVAL_MS, type Verdict } from "./evidence.js";
 import { PlannedHold } from "./hold.js";
 import { CANDIDATE, PERIODIC, ProbeBook } from "./probes.js";
-
-/** Probe answers that are certain: the target's kernel said nothing listens. */
-const REFUSALS = new Set(["ECONNREFUSED", "ECONNRESET"]);
+import { confirmation, decide, EVIDENCE_PROBE_COPIES, REFUSALS } from "./rule.js";
 /** A dead probe answer waits at most this long for the capture channels. */
 export const CATCH_UP_MS = 5;
 /** The second, patient try of a periodic replica probe that went unanswered (see probeResult). */
 const PATIENT_REPLICA_PROBE_FACTOR = 4;
 // Covers one SYN retransmission (1 s): a lost SYN or a neighbour still resolving is not a death.
 const PATIENT_REPLICA_PROBE_MIN_MS = 1500;
+/** A replaced original is probed this often, for FORMER_WATCH_MS after its replacement: does it
+ * answer again (a false failover, or a failure that healed)? */
+export const FORMER_PROBE_INTERVAL_MS = 500;
+export const FORMER_WATCH_MS = 60_000;
+/** Former originals remembered at once (the oldest is forgotten). */
+export const MAX_FORMER_ORIGINALS = 16;
+const FORMER = "former ";
 
 /** Evidence that a replica itself failed, waiting to be confirmed by a probe. */
 interface ReplicaSuspect {
@@ -40,7 +46,13 @@ interface ReplicaSuspect {
 /** What detection needs the engine to do. */
 export interface FailureActions {
   /** Promote replica `id` (the election's choice). */
-  promote: (id: string, now: number, captureWaitMs: number) => void;
+  promote: (
+    id: string,
+    now: number,
+    captureWaitMs: number,
+    confirmedBy: Confirmation | "switchover",
+    reason: string,
+  ) => void;
   /** The original is fenced ahead of a promotion that waits for the capture. */
   fence: () => void;
   /** Remove replica `id` (it failed): its shadows reset, its state freed. */
@@ -58,6 +70,14 @@ export class FailureDetector {
   /** When each replica was last probed because of evidence (rate limit). */
   private readonly lastEvidenceProbeAt = new Map<string, number>();
   replicasFailed = 0;
+  /** When the last promotion happened (hysteresis). */
+  private lastPromotionAt = -Infinity;
+  /** A withheld verdict was reported in this window already (one event per window). */
+  private withheldUntil = -Infinity;
+  withheld = 0;
+  falseFailovers = 0;
+  /** Replaced originals, watched for an answer (oldest first). */
+  readonly formers: Array<FormerOriginal & { addr: number }> = [];
 
   constructor(
     private readonly config: Pick<EngineConfig, "failure" | "finHoldMs">,
@@ -99,7 +119,7 @@ export class FailureDetector {
 
   /** The original caught up with a replica that had answered first, `ms` later. */
   originalTrailed(ms: number): void {
-    this.evidence.trailed(Math.min(ms, this.config.failure.replyStallMs));
+    this.evidence.trailed(Math.min(ms, this.config.failure.hangBudgetMs));
   }
 
   /** The original refused a connection: a probe decides whether the refusal goes to the client
@@ -164,7 +184,14 @@ export class FailureDetector {
       }
       if (p.target === "original") {
         if (!this.election.failureSignaled)
-          this.election.originalFailed(reason, "", now - p.sentAt, now, p.sentAt);
+          this.election.originalFailed(
+            reason,
+            "",
+            now - p.sentAt,
+            now,
+            confirmation(v.why, p.checkMs !== undefined),
+            p.sentAt,
+          );
       } else {
         this.replicaFailed(p.target, reason, now);
       }
@@ -174,7 +201,13 @@ export class FailureDetector {
   /** The evidence against the original on one connection (also releases held closes of spliced
    * connections and schedules its own next look). */
   inspect(conn: ReplicatedConnection, now: number, want: (t: number) => void): Verdict {
-    return this.evidence.inspect(conn, now, this.probes.aliveSince("original"), want);
+    return this.evidence.inspect(
+      conn,
+      now,
+      this.probes.aliveSince("original"),
+      this.probes.checkedSince("original"),
+      want,
+    );
   }
 
   /**
@@ -192,17 +225,55 @@ export class FailureDetector {
     this.checkReplicas(now, want);
     this.election.run(now, want);
     this.periodicProbes(now, want);
+    this.watchFormers(now, want);
     if (this.election.failureSignaled) return;
     if (holding) {
       want(this.hold.until!);
       return;
     }
-    if (failed?.verdict === "failed") {
-      this.election.originalFailed(failed.reason, failed.conn.id, failed.afterMs, now);
+    if (failed?.verdict === "failed" && this.actOn(failed, now, want)) {
+      // acted on (a failover, or a health check asked)
     } else if (suspect?.verdict === "suspect") {
       if (!suspect.reason.startsWith(CLOSE_ALONE)) this.evidence.lastStallProbeAt = now;
       this.probeOriginal(suspect.reason, now);
     }
+  }
+
+  /**
+   * Unconfirmed evidence past its threshold: the decision rule (rule.ts) says whether it fails
+   * over now, asks the health check first, or is withheld (hysteresis). True when acted on.
+   */
+  private actOn(
+    failed: Extract<Verdict, { verdict: "failed" }>,
+    now: number,
+    want: (t: number) => void,
+  ): boolean {
+    const f = this.config.failure;
+    const d = decide(failed.by, f, now, this.lastPromotionAt);
+    if (d.act === "fail-over") {
+      this.election.originalFailed(failed.reason, failed.conn.id, failed.afterMs, now, failed.by);
+      return true;
+    }
+    if (d.act === "check") {
+      const reason = `${failed.reason} for ${Math.round(failed.afterMs)} ms (hang budget): health check`;
+      this.probes.request("original", this.original(), reason, now, this.evidence.probeTimeoutMs(), false, {
+        checkMs: f.healthCheckMs,
+      });
+      return true;
+    }
+    if (now >= this.withheldUntil) {
+      this.withheldUntil = d.until;
+      this.withheld++;
+      this.outbox.event({
+        type: "failover-withheld",
+        reason: failed.reason,
+        conn: failed.conn.id,
+        afterMs: failed.afterMs,
+        why: d.why,
+      });
+    }
+    want(d.until);
+    return false;
   }
 
   // ---------------------------------------------------------------- probes
@@ -214,12 +285,24 @@ export class FailureDetector {
    * send time, so the verdict need not wait for CATCH_UP_MS.
    */
   private probeOriginal(reason: string, now: number): void {
-    this.probes.request("original", this.original(), reason, now, this.evidence.probeTimeoutMs());
+    this.probes.request("original", this.original(), reason, now, this.evidence.probeTimeoutMs(), false, {
+      copies: EVIDENCE_PROBE_COPIES,
+    });
     const best = this.election.bestReplica();
     const r = best === undefined ? undefined : this.replicas.get(best);
     if (!r || !this.config.failure.autoFailover) return;
     const timeout = Math.max(this.config.failure.probeTimeoutMs, 4 * (r.lastSrttMs ?? 0));
-    this.probes.request(r.info.id, r.info.address, `replica ${r.info.id}: ${CANDIDATE}`, now, timeout);
+    this.probes.request(
+      r.info.id,
+      r.info.address,
+      `replica ${r.info.id}: ${CANDIDATE}`,
+      now,
+      timeout,
+      false,
+      {
+        checkMs: this.config.failure.healthCheckMs,
+      },
+    );
   }
 
   /** Probes every backend each probeIntervalMs, evidence or not (idle services fail too). */
@@ -232,13 +315,68 @@ export class FailureDetector {
       want(at);
       return false;
     };
+    // With nothing else pointing at a failure a slow answer is not one: the handshake gets 4 ×
+    // its timeout, the health check 4 × its own, and the original's never less than the hang
+    // budget (an idle service's pause is a stall like any other).
+    const check = f.healthCheckMs === undefined ? undefined : 4 * f.healthCheckMs;
     if (this.hold.until !== undefined) want(this.hold.until);
     else if (!this.election.failureSignaled && due("original"))
-      this.probes.request("original", this.original(), PERIODIC, now, 4 * this.evidence.probeTimeoutMs());
+      this.probes.request(
+        "original",
+        this.original(),
+        PERIODIC,
+        now,
+        4 * this.evidence.probeTimeoutMs(),
+        false,
+        {
+          checkMs: check === undefined ? undefined : Math.max(check, this.evidence.hangBudgetMs()),
+        },
+      );
     for (const r of this.replicas.values()) {
       if (r.promoted || !due(r.info.id)) continue;
       const timeout = 4 * Math.max(f.probeTimeoutMs, 4 * (r.lastSrttMs ?? 0));
-      this.probes.request(r.info.id, r.info.address, `replica ${r.info.id}: ${PERIODIC}`, now, timeout);
+      this.probes.request(
+        r.info.id,
+        r.info.address,
+        `replica ${r.info.id}: ${PERIODIC}`,
+        now,
+        timeout,
+        false,
+        {
+          checkMs: check,
+        },
+      );
+    }
+  }
+
+  /** Probes each former original still watched; a watch that ran out ends as "gone". */
+  private watchFormers(now: number, want: (t: number) => void): void {
+    if (!this.config.failure.probes) return;
+    for (const w of this.formers) {
+      if (w.state !== "watching") continue;
+      if (now - w.replacedAt >= FORMER_WATCH_MS) {
+        w.state = "gone";
+        continue;
+      }
+      const target = FORMER + w.address;
+      const at = this.probes.lastProbe(target) + FORMER_PROBE_INTERVAL_MS;
+      if (now < at) {
+        want(Math.min(at, w.replacedAt + FORMER_WATCH_MS));
+        continue;
+      }
+      const f = this.config.failure;
+      this.probes.request(
+        target,
+        w.addr,
+        `${FORMER}original ${w.address}: alive again?`,
+        now,
+        4 * f.probeTimeoutMs,
+        false,
+        {
+          checkMs: f.healthCheckMs,
+        },
+      );
+      want(now + FORMER_PROBE_INTERVAL_MS);
     }
   }
 
@@ -250,6 +388,10 @@ export class FailureDetector {
   probeResult(id: number, alive: boolean | undefined, now: number, why = "no answer", sentUs?: number): void {
     const p = this.probes.take(id);
     if (!p) return;
+    if (p.target.startsWith(FORMER)) {
+      this.formerAnswered(p.target.slice(FORMER.length), alive === true, now);
+      return;
+    }
     if (alive === undefined) {
       // The probe could not be made (a local error: no port, no buffer): no verdict either way;
       // evidence that persists asks again.
@@ -267,6 +409,7 @@ export class FailureDetector {
       if (p.target === "original") this.election.releaseRefusals((r) => r.at <= p.sentAt);
       this.probes.counters.alive++;
       this.probes.markAlive(p.target, p.sentAt);
+      if (p.checkMs !== undefined) this.probes.markChecked(p.target, p.sentAt);
       this.probes.passedOver.delete(p.target);
       const sp = this.suspects.get(p.target);
       if (sp && sp.since <= p.sentAt) {
@@ -296,7 +439,9 @@ export class FailureDetector {
         this.probes.passedOver.add(p.target);
       }
       if (address !== undefined)
-        this.probes.request(p.target, address, `${p.reason} unanswered`, now, timeoutMs, true);
+        this.probes.request(p.target, address, `${p.reason} unanswered`, now, timeoutMs, true, {
+          checkMs: p.checkMs,
+        });
       if (candidate && p.reason.endsWith(CANDIDATE) && this.election.running) this.election.run(now);
       return;
     }
@@ -385,11 +530,56 @@ export class FailureDetector {
     this.lastEvidenceProbeAt.delete(id);
   }
 
-  /** A replica was promoted: what was known about the old original no longer applies. */
-  promoted(): void {
+  /**
+   * A replica was promoted in place of the original at `previous`: what was known about the old
+   * original no longer applies; after a failover it is watched (does it answer again?).
+   */
+  promoted(
+    previous: number,
+    now: number,
+    confirmedBy: Confirmation | "switchover",
+    reason: string,
+    srttMs?: number,
+  ): void {
     this.election.promoted();
     this.probes.forgetOriginal();
     this.evidence.reset();
+    // The new original's round trip is known from its time as a replica: its first probes must
+    // not get the LAN floor's deadline (simulator seed 22: a WAN replica promoted, 32 ms away,
+    // then failed over in turn because every probe "timed out" after 20 ms).
+    if (srttMs !== undefined) this.evidence.handshakeRtt(srttMs);
+    this.lastPromotionAt = now;
+    const address = formatIPv4(previous);
+    const i = this.formers.findIndex((w) => w.addr === previous);
+    if (i >= 0) this.formers.splice(i, 1);
+    this.probes.forget(FORMER + address);
+    // A switchover leaves a healthy original by design: nothing to find out.
+    if (confirmedBy === "switchover") return;
+    if (this.formers.length >= MAX_FORMER_ORIGINALS) this.formers.shift();
+    this.formers.push({ addr: previous, address, replacedAt: now, confirmedBy, reason, state: "watching" });
+  }
+
+  /** A former original's probe answered: alive is a false failover (or a failure that healed). */
+  private formerAnswered(address: string, alive: boolean, now: number): void {
+    const w = this.formers.find((x) => x.address === address);
+    if (!w || w.state !== "watching" || !alive) return;
+    w.state = "alive";
+    w.aliveAfterMs = now - w.replacedAt;
+    this.falseFailovers++;
+    this.outbox.event({
+      type: "former-original-alive",
+      address,
+      afterMs: w.aliveAfterMs,
+      confirmedBy: w.confirmedBy,
+      reason: w.reason,
+    });
+  }
+
+  /** The original at `address` is a replica again or gone for good: no longer watched. */
+  forgetFormer(address: number): void {
+    const i = this.formers.findIndex((w) => w.addr === address);
+    if (i >= 0) this.formers.splice(i, 1);
+    this.probes.forget(FORMER + formatIPv4(address));
   }
 
   // ---------------------------------------------------------------- planned holds
@@ -404,10 +594,10 @@ export class FailureDetector {
 
   // ---------------------------------------------------------------- statistics
 
-  thresholds(): { stallSuspectMs: number; replyStallMs: number; probeTimeoutMs: number } {
+  thresholds(): { stallSuspectMs: number; hangBudgetMs: number; probeTimeoutMs: number } {
     return {
       stallSuspectMs: this.evidence.stallSuspectMs(),
-      replyStallMs: this.evidence.appStallMs(this.config.failure.replyStallMs),
+      hangBudgetMs: this.evidence.hangBudgetMs(),
       probeTimeoutMs: this.evidence.probeTimeoutMs(),
     };
   }

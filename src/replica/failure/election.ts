@@ -12,7 +12,7 @@ import type { ConnectionTable } from "../connection-table.js";
 import type { Outbox } from "../outbox.js";
 import type { ReplicaRecord, ReplicaSet } from "../replica-set.js";
 import { canSplice, knownOriginalEnd } from "../splice.js";
-import type { EngineConfig } from "../types.js";
+import type { Confirmation, EngineConfig } from "../types.js";
 import { CANDIDATE, type ProbeBook } from "./probes.js";
 
 /** Refusals held at once; beyond, they go to their clients unheld. */
@@ -36,6 +36,8 @@ export class Election {
     | {
         since: number;
         reason: string;
+        /** What confirmed the failure ("switchover": none, it was asked for). */
+        confirmedBy: Confirmation | "switchover";
         /** A switchover's replica (the operator chose it; no probe first). */
         target?: string;
         catchUpUntil?: number;
@@ -57,7 +59,13 @@ export class Election {
     /** Whether a replica is suspected of failing itself (detector.ts). */
     private readonly suspected: (id: string) => boolean,
     private readonly outbox: Outbox,
-    private readonly promote: (id: string, now: number, captureWaitMs: number) => void,
+    private readonly promote: (
+      id: string,
+      now: number,
+      captureWaitMs: number,
+      confirmedBy: Confirmation | "switchover",
+      reason: string,
+    ) => void,
     private readonly clock: CaptureClock,
     /** The original stops reaching clients (kernel fence, before the promotion's retarget). */
     private readonly fence: () => void,
@@ -108,10 +116,17 @@ export class Election {
   }
 
   /** One signal per original: it is either promoted away now, or left to the operator. */
-  originalFailed(reason: string, conn: string, afterMs: number, now: number, since = now): void {
+  originalFailed(
+    reason: string,
+    conn: string,
+    afterMs: number,
+    now: number,
+    confirmedBy: Confirmation,
+    since = now,
+  ): void {
     this.failureSignaled = true;
     this.failuresDetected++;
-    this.outbox.event({ type: "original-failure", reason, conn, afterMs });
+    this.outbox.event({ type: "original-failure", reason, conn, afterMs, confirmedBy });
     if (!this.failure.autoFailover) {
       this.releaseRefusals(() => true); // nobody takes over: the refusals are the truth
       return;
@@ -120,7 +135,7 @@ export class Election {
     // the same refusal again, then delivered).
     this.refusalsDropped += this.heldRefusals.length;
     this.heldRefusals = [];
-    this.current = { since, reason };
+    this.current = { since, reason, confirmedBy };
     this.run(now);
   }
 
@@ -168,8 +183,13 @@ export class Election {
    * A replica chosen by the operator (a planned switchover, or a failover signalled from outside):
    * promoted once the capture caught up, like an elected one, without a probe first.
    */
-  switchover(id: string, reason: string, now: number): void {
-    this.current = { since: now, reason, target: id };
+  switchover(
+    id: string,
+    reason: string,
+    now: number,
+    confirmedBy: "switchover" | "external" = "switchover",
+  ): void {
+    this.current = { since: now, reason, confirmedBy, target: id };
     this.run(now);
   }
 
@@ -196,7 +216,7 @@ export class Election {
       }
     }
     this.current = undefined;
-    this.promote(id, now, e.catchUpFrom === undefined ? 0 : now - e.catchUpFrom);
+    this.promote(id, now, e.catchUpFrom === undefined ? 0 : now - e.catchUpFrom, e.confirmedBy, e.reason);
   }
 
   /**

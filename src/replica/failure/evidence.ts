@@ -10,7 +10,7 @@ import type { ReplicatedConnection } from "../connection.js";
 import { DelayEstimator } from "../estimator.js";
 import type { ShadowConversation } from "../shadow.js";
 import { survivor } from "../splice.js";
-import type { EngineConfig } from "../types.js";
+import type { Confirmation, EngineConfig } from "../types.js";
 
 export const CLOSE_ALONE = "the original closed a connection its replicas keep open";
 /** Stall suspicions probe the original at most this often (closes and dead answers are not
@@ -18,7 +18,15 @@ export const CLOSE_ALONE = "the original closed a connection its replicas keep o
 export const STALL_PROBE_INTERVAL_MS = 20;
 
 export type Verdict =
-  | { verdict: "failed" | "suspect"; reason: string; conn: ReplicatedConnection; afterMs: number }
+  | {
+      verdict: "failed";
+      reason: string;
+      conn: ReplicatedConnection;
+      afterMs: number;
+      /** Unconfirmed evidence: the decision rule (rule.ts) says what it is worth. */
+      by: Extract<Confirmation, "hang budget" | "close alone">;
+    }
+  | { verdict: "suspect"; reason: string; conn: ReplicatedConnection; afterMs: number }
   | { verdict: "none" };
 
 export class OriginalEvidence {
@@ -79,10 +87,11 @@ export class OriginalEvidence {
     return Math.max(this.failure.stallSuspectMs, 2 * this.rtt.bound(4, 0));
   }
 
-  /** A stall no probe confirmed (the kernel answers, the application does not): at least the
-   * configured floor and well beyond how far the original has been seen to trail. */
-  appStallMs(floorMs: number): number {
-    return this.lag.bound(8, floorMs);
+  /** The hang budget: a stall no probe confirmed (the kernel answers, the application does not)
+   * is a failure only after this long: at least the configured budget, and well beyond how far
+   * the original has been seen to trail its replicas. */
+  hangBudgetMs(): number {
+    return this.lag.bound(8, this.failure.hangBudgetMs);
   }
 
   /** How long a probe of the original may take: a few of its handshake RTTs, measured on the
@@ -94,9 +103,16 @@ export class OriginalEvidence {
 
   /**
    * The evidence on `conn` (`aliveAt`: when the last probe of the original that answered alive
-   * was sent: older evidence is explained). Reports when to look again via `want`.
+   * was sent: older suspicions are explained; `checkedAt`: when the last health check its
+   * application answered was sent: older stalls are). Reports when to look again via `want`.
    */
-  inspect(conn: ReplicatedConnection, now: number, aliveAt: number, want: (t: number) => void): Verdict {
+  inspect(
+    conn: ReplicatedConnection,
+    now: number,
+    aliveAt: number,
+    checkedAt: number,
+    want: (t: number) => void,
+  ): Verdict {
     if (conn.phase !== "open") return { verdict: "none" };
     const f = this.failure;
     if (conn.spliced) return this.splicedClose(conn, conn.spliced, now, aliveAt, want);
@@ -124,7 +140,8 @@ export class OriginalEvidence {
       if (since !== undefined) {
         if (now - since >= f.closeMismatchMs) {
           const reason = `${CLOSE_ALONE} (${held.kind === "rst" ? "reset" : "closed"})`;
-          return { verdict: f.probes ? "suspect" : "failed", reason, conn, afterMs: now - since };
+          if (f.probes) return { verdict: "suspect", reason, conn, afterMs: now - since };
+          return { verdict: "failed", reason, conn, afterMs: now - since, by: "close alone" };
         }
         want(since + f.closeMismatchMs);
       }
@@ -152,16 +169,12 @@ export class OriginalEvidence {
     const silentAny = this.clock.silentMs(this.lastFrom, now);
     const silentData = this.clock.silentMs(this.lastDataFrom, now);
     const suspectMs = this.stallSuspectMs();
+    const budget = this.hangBudgetMs();
     const stalls: Array<[number | undefined, number, number, string]> = [
-      [
-        conn.replyAheadSince,
-        this.appStallMs(f.replyStallMs),
-        silentData,
-        "the original stopped answering what the replicas answer",
-      ],
+      [conn.replyAheadSince, budget, silentData, "the original stopped answering what the replicas answer"],
       [
         conn.ackBehindSince,
-        this.appStallMs(f.ackStallMs),
+        budget,
         silentAny,
         "the original stopped acknowledging what the replicas acknowledge",
       ],
@@ -172,9 +185,12 @@ export class OriginalEvidence {
     let suspicion: Verdict = { verdict: "none" };
     for (const [since, limit, silent, reason] of stalls) {
       if (since === undefined) continue;
-      if (now - since >= limit && silent >= limit)
-        return { verdict: "failed", reason, conn, afterMs: now - since };
-      if (limit !== Infinity) want(Math.max(since + limit, now + Math.max(0, limit - silent)));
+      // A health check answered since the stall began: the application is alive, the stall is
+      // counted again from the check (a slow request is not a hung service).
+      const hung = Math.max(since, checkedAt);
+      if (now - hung >= limit && silent >= limit)
+        return { verdict: "failed", reason, conn, afterMs: now - since, by: "hang budget" };
+      if (limit !== Infinity) want(Math.max(hung + limit, now + Math.max(0, limit - silent)));
       // A suspicion the last probe already answered is not asked again; nor, to bound what probes
       // cost a slow original, more often than every STALL_PROBE_INTERVAL_MS.
       if (!f.probes || since <= aliveAt) continue;
@@ -225,7 +241,8 @@ export class OriginalEvidence {
       return { verdict: "none" };
     }
     const reason = `${CLOSE_ALONE} (closed after a promotion)`;
-    return { verdict: f.probes ? "suspect" : "failed", reason, conn, afterMs: now - since };
+    if (f.probes) return { verdict: "suspect", reason, conn, afterMs: now - since };
+    return { verdict: "failed", reason, conn, afterMs: now - since, by: "close alone" };
   }
 }
 

@@ -17,6 +17,8 @@ export interface PendingProbe {
   patient: boolean;
   sentAt: number;
   reason: string;
+  /** The application health check's deadline, when the probe runs one. */
+  checkMs?: number;
 }
 
 /** A dead answer waiting for every capture channel to pass the probe's send time. */
@@ -34,6 +36,8 @@ export class ProbeBook {
   /** Per target ("original" or replica id): when the last probe answered alive was sent. Evidence
    * older than that is explained (the target was alive after it) and is not probed again. */
   private readonly aliveAt = new Map<string, number>();
+  /** Per target: when the last health check its application answered was sent. */
+  private readonly checkedAt = new Map<string, number>();
   /** When each target was last probed (periodic probes count from there). */
   private readonly lastProbeAt = new Map<string, number>();
   /** Candidates silent to their election probe: not promoted while a patient second probe decides
@@ -46,7 +50,9 @@ export class ProbeBook {
 
   constructor(private readonly outbox: Outbox) {}
 
-  /** Asks the I/O edge to probe `target` unless a probe of it is under way already. */
+  /** Asks the I/O edge to probe `target` unless a probe of it is under way already: `copies`
+   * parallel handshakes (the edge answers once: alive or refused if one was, silent only if all
+   * were), and with `checkMs` the application health check after the handshake. */
   request(
     target: string,
     address: number,
@@ -54,17 +60,22 @@ export class ProbeBook {
     now: number,
     timeoutMs: number,
     patient = false,
+    extra: { copies?: number; checkMs?: number | undefined } = {},
   ): void {
     const periodic = reason.endsWith(PERIODIC);
+    const checks = extra.checkMs !== undefined;
     for (const p of this.pending.values()) {
-      // Evidence does not wait for a periodic probe's longer deadline; anything else waits.
-      if (p.target === target && (!p.periodic || periodic)) return;
+      // Evidence does not wait for a periodic probe's longer deadline, nor a health check for a
+      // handshake's answer (it asks something else); anything else waits.
+      if (p.target === target && (!p.periodic || periodic) && (p.checkMs !== undefined) === checks) return;
     }
     this.lastProbeAt.set(target, now);
     const id = this.nextId++;
-    this.pending.set(id, { target, sentAt: now, reason, periodic, patient, timeoutMs });
+    const probe: PendingProbe = { target, sentAt: now, reason, periodic, patient, timeoutMs };
+    if (checks) probe.checkMs = extra.checkMs!;
+    this.pending.set(id, probe);
     this.counters.sent++;
-    // `periodic` tells the edge to be patient with the health check (4 × its timeout).
+    const copies = Math.max(1, extra.copies ?? 1);
     this.outbox.push({
       type: "probe",
       id,
@@ -73,6 +84,8 @@ export class ProbeBook {
       timeoutMs: Math.ceil(timeoutMs),
       reason,
       periodic: periodic || patient,
+      ...(copies > 1 ? { copies } : {}),
+      ...(checks ? { checkMs: Math.ceil(extra.checkMs!) } : {}),
     });
   }
 
@@ -92,6 +105,16 @@ export class ProbeBook {
     this.aliveAt.set(target, Math.max(this.aliveSince(target), sentAt));
   }
 
+  /** When the latest health check of `target` that its application answered was sent: a stall
+   * older than that is explained (the application answers; that request is merely slow). */
+  checkedSince(target: string): number {
+    return this.checkedAt.get(target) ?? -Infinity;
+  }
+
+  markChecked(target: string, sentAt: number): void {
+    this.checkedAt.set(target, Math.max(this.checkedSince(target), sentAt));
+  }
+
   lastProbe(target: string): number {
     return this.lastProbeAt.get(target) ?? -Infinity;
   }
@@ -100,6 +123,7 @@ export class ProbeBook {
   forget(target: string): void {
     for (const [k, p] of this.pending) if (p.target === target) this.pending.delete(k);
     this.aliveAt.delete(target);
+    this.checkedAt.delete(target);
     this.passedOver.delete(target);
     this.lastProbeAt.delete(target);
   }
@@ -111,6 +135,7 @@ export class ProbeBook {
     for (let i = this.deadVerdicts.length - 1; i >= 0; i--)
       if (this.deadVerdicts[i]!.probe.target === "original") this.deadVerdicts.splice(i, 1);
     this.aliveAt.delete("original");
+    this.checkedAt.delete("original");
     this.lastProbeAt.delete("original");
   }
 
