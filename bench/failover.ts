@@ -16,18 +16,21 @@ import { labDown, labKill, labUp, type FaultMode } from "../src/lab/lab.js";
 import { runStatus } from "../src/sys/command.js";
 import { summarize, type Summary } from "../src/sys/stats.js";
 import { queryStats } from "../src/proxy/stats-client.js";
+import { DEFAULT_HANG_BUDGET_MS } from "../src/replica/types.js";
 
 const CLIENT = fileURLToPath(new URL("./stall-client.js", import.meta.url));
 /** Thesis Table 5.6: redirect to the new original after detection, ms, by replica count. */
 const THESIS: Record<number, number> = { 1: 5.05, 2: 5.07, 3: 5.64 };
 
-interface Trial {
+export interface Trial {
   /** Failure injection → first byte the client received after the promotion. */
   stallMs: number;
   /** The interruption the client saw: that byte minus the previous one (or the injection). */
   gapMs: number;
   /** What the proxy logged: why it failed over and when (ms after the injection). */
   reason: string;
+  /** What confirmed it (the decision rule's evidence). */
+  confirmedBy: string;
   detectedMs: number;
   promotedMs: number;
 }
@@ -36,19 +39,24 @@ interface Trial {
 async function proxyAccount(log: string) {
   const lines = (await readFile(log, "utf8")).split("\n").filter((l) => l.startsWith("{"));
   const events = lines.map(
-    (l) => JSON.parse(l) as { time: number; msg: string; reason?: string; at?: number },
+    (l) => JSON.parse(l) as { time: number; msg: string; reason?: string; at?: number; confirmedBy?: string },
   );
   // The data path's own detection, or an external signal (the hypervisor's, with machines).
   const failure =
     events.find((e) => e.msg === "original-failure") ??
     events.find((e) => e.msg === "external failure signal: promoting");
   const promoted = events.find((e) => e.msg === "promoted");
-  return { reason: failure?.reason ?? "(none logged)", detectedAt: failure?.time, promotedAt: promoted?.at };
+  return {
+    reason: failure?.reason ?? "(none logged)",
+    confirmedBy: failure?.confirmedBy ?? "external",
+    detectedAt: failure?.time,
+    promotedAt: promoted?.at,
+  };
 }
 
-type Service = "redis" | "echo";
+export type Service = "redis" | "echo";
 
-async function trial(
+export async function trial(
   mode: FaultMode,
   replicas: number,
   index: number,
@@ -69,7 +77,8 @@ async function trial(
         CLIENT,
         t.appliance.vip,
         String(t.port),
-        "2500",
+        // Past the fault at 1 s by more than the hang budget: a freeze is found only then.
+        String(2000 + DEFAULT_HANG_BUDGET_MS + 1000),
         service,
       ],
       { timeoutMs: 30_000 },
@@ -93,6 +102,7 @@ async function trial(
       stallMs: rs[k]! - fault.injectedAt,
       gapMs: rs[k]! - Math.max(rs[k - 1]!, fault.injectedAt),
       reason: account.reason,
+      confirmedBy: account.confirmedBy,
       detectedMs: (account.detectedAt ?? NaN) - fault.injectedAt,
       promotedMs: account.promotedAt - fault.injectedAt,
     };
@@ -207,7 +217,9 @@ async function main(): Promise<void> {
   process.stdout.write(md);
 }
 
-main().catch((e: unknown) => {
-  process.stderr.write(`bench failover: ${(e as Error).message}\n`);
-  process.exitCode = 1;
-});
+// Run as a script (npm run bench -- failover); imported, it lends its trial (bench/detector.ts).
+if (process.argv[1] === fileURLToPath(import.meta.url))
+  main().catch((e: unknown) => {
+    process.stderr.write(`bench failover: ${(e as Error).message}\n`);
+    process.exitCode = 1;
+  });

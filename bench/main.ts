@@ -1,11 +1,17 @@
 // `npm run bench -- NAME [options]`: runs one benchmark (its own script in this directory).
 //   rtt       what replication costs: RTT per path (LAN, WAN), throughput (issue 5)
 //   failover  failover stall per fault mode and replica count (issue 4)
+//   detector  false failovers per hiccup and detection per real failure, side by side (issue 16)
 //   sim       the deterministic simulator's long run: as many seeds as the time allows (issue 13)
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
-const BENCHES: Record<string, string> = { rtt: "rtt.js", failover: "failover.js", sim: "sim.js" };
+const BENCHES: Record<string, string> = {
+  rtt: "rtt.js",
+  failover: "failover.js",
+  detector: "detector.js",
+  sim: "sim.js",
+};
 
 const [name, ...args] = process.argv.slice(2);
 const script = name === undefined ? undefined : BENCHES[name];

@@ -18,6 +18,7 @@ interface Chunk {
   connections: number;
   promotions: number;
   falsePromotions: number;
+  falseBy: Record<string, number>;
   simulatedSeconds: number;
   wallSeconds: number;
 }
@@ -87,7 +88,9 @@ async function worker(): Promise<void> {
 await Promise.all(Array.from({ length: opt.workers }, () => worker()));
 await rm(dir, { recursive: true, force: true });
 
-const sum = (k: keyof Omit<Chunk, "failures">) => chunks.reduce((a, c) => a + c[k], 0);
+const sum = (k: keyof Omit<Chunk, "failures" | "falseBy">) => chunks.reduce((a, c) => a + c[k], 0);
+const falseBy: Record<string, number> = {};
+for (const c of chunks) for (const [k, v] of Object.entries(c.falseBy)) falseBy[k] = (falseBy[k] ?? 0) + v;
 const failures = chunks.flatMap((c) => c.failures).sort((a, b) => a.seed - b.seed);
 const runs = sum("runs");
 const wall = (Date.now() - started) / 1000;
@@ -112,6 +115,7 @@ const json = {
   connections: sum("connections"),
   promotions: sum("promotions"),
   falsePromotions: sum("falsePromotions"),
+  falseBy,
   failures,
 };
 const md = [
@@ -122,7 +126,7 @@ const md = [
   "",
   `- seeds: ${runs} (chunks of ${opt.chunk} from ${opt.from}; a chunk's seeds run in order)`,
   `- wall time: ${(wall / 60).toFixed(1)} min; simulated: ${(json.simulatedSeconds / 3600).toFixed(1)} h; engine and network steps: ${json.steps}`,
-  `- client connections: ${json.connections}; promotions: ${json.promotions}, of which ${json.falsePromotions} replaced an original that was serving (up, running, linked: a healthy server failed over)`,
+  `- client connections: ${json.connections}; promotions: ${json.promotions}, of which ${json.falsePromotions} replaced an original that was serving (up, running, linked: a healthy server failed over), by what confirmed them: ${JSON.stringify(falseBy)}`,
   `- violations: ${failures.length}`,
   ...failures.map(
     (f) =>

@@ -17,6 +17,7 @@
 import { mkdir, open, readFile, readdir, rm, stat, unlink, writeFile } from "node:fs/promises";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { cpus } from "node:os";
 import { join } from "node:path";
 import { run, runStatus } from "../sys/command.js";
 import {
@@ -868,6 +869,83 @@ export async function labKill(nameArg: string, target: string, modeArg: string):
   state.faults.push({ target, mode, at: new Date().toISOString() });
   await saveState(state);
   return { target, mode, pids, injectedAt, startedAt };
+}
+
+/**
+ * Trouble that is no failure (issue 16's hiccup suite): the appliance must fail nothing over.
+ *   pause      the original's service stopped (SIGSTOP) for `ms`, then resumed: a GC pause, a
+ *              page-fault storm or a burst of steal time on a healthy server
+ *   appliance  the appliance's own process stopped for `ms`: its event loop blocked (the capture
+ *              helpers keep capturing meanwhile)
+ *   cpu        every CPU of the host busy with other work for `ms`
+ *   heavy      a heavy process started on the host for `ms` (memory faulted in, CPU burnt),
+ *              as a browser starting next to the lab
+ */
+export const HICCUP_KINDS = ["pause", "appliance", "cpu", "heavy"] as const;
+export type HiccupKind = (typeof HICCUP_KINDS)[number];
+
+export interface HiccupReport {
+  kind: HiccupKind;
+  /** What was asked, and how long the trouble lasted as measured here. */
+  ms: number;
+  lastedMs: number;
+  startedAt: number;
+}
+
+/** One hiccup in a namespace lab; resolves once it is over. */
+export async function labHiccup(nameArg: string, kindArg: string, ms: number): Promise<HiccupReport> {
+  if (!(HICCUP_KINDS as readonly string[]).includes(kindArg))
+    throw new LabUsageError(
+      `invalid hiccup ${JSON.stringify(kindArg)}: must be one of ${HICCUP_KINDS.join(", ")}`,
+    );
+  if (!Number.isFinite(ms) || ms <= 0 || ms > 60_000)
+    throw new LabUsageError(`invalid hiccup length ${ms}: 1 to 60000 ms`);
+  const kind = kindArg as HiccupKind;
+  const state = await loadState(nameArg);
+  if (state.topology.vm) throw new LabUsageError("hiccups are for namespace labs (not --vm)");
+  const wait = () => new Promise((r) => setTimeout(r, ms));
+  const startedAt = preciseNow();
+  if (kind === "pause" || kind === "appliance") {
+    let pids: number[];
+    if (kind === "pause") {
+      const backend = backendForTarget(state.topology, "original");
+      const service = state.services[backend.role];
+      pids = service ? processTree(service.pid) : [];
+      if (pids.length === 0) throw new Error("the original's service is not running");
+    } else {
+      if (!state.proxy) throw new Error("the lab's appliance is not running");
+      pids = [state.proxy.pid];
+    }
+    signalAll(pids, "SIGSTOP");
+    try {
+      await wait();
+    } finally {
+      signalAll(pids, "SIGCONT");
+    }
+  } else {
+    // Busy loops (one per CPU), or one process that faults in 512 MiB and burns a CPU.
+    const code =
+      kind === "cpu"
+        ? "for(;;){}"
+        : "const b=[];for(let i=0;i<512;i++){b.push(Buffer.alloc(1<<20,i));}for(;;){}";
+    const n = kind === "cpu" ? Math.max(1, cpus().length) : 1;
+    const children = Array.from({ length: n }, () =>
+      spawn(process.execPath, ["-e", code], { stdio: "ignore" }),
+    );
+    try {
+      await wait();
+    } finally {
+      for (const c of children) c.kill("SIGKILL");
+      await Promise.all(
+        children.map((c) =>
+          c.exitCode !== null || c.signalCode !== null
+            ? Promise.resolve()
+            : new Promise((r) => c.once("exit", r)),
+        ),
+      );
+    }
+  }
+  return { kind, ms, lastedMs: preciseNow() - startedAt, startedAt };
 }
 
 /** `lab kill` on a virtual-machine lab: TARGET is "original" (the current one) or a machine name. */

@@ -72,6 +72,8 @@ let steps = 0;
 let simMs = 0;
 let promotions = 0;
 let falsePromotions = 0;
+/** False promotions by what confirmed them (the decision rule's evidence). */
+const falseBy: Record<string, number> = {};
 let connections = 0;
 for (let s = opt.from; s < opt.from + opt.seeds && Date.now() < deadline; s++) {
   const r = runSeed(s);
@@ -80,6 +82,10 @@ for (let s = opt.from; s < opt.from + opt.seeds && Date.now() < deadline; s++) {
   simMs += r.simMs;
   promotions += r.promotions;
   falsePromotions += r.falsePromotions;
+  for (const why of r.falseReasons) {
+    const by = why.split(":")[0]!;
+    falseBy[by] = (falseBy[by] ?? 0) + 1;
+  }
   connections += r.connections;
   if (!r.ok) {
     show(r);
@@ -96,11 +102,12 @@ const summary = {
   connections,
   promotions,
   falsePromotions,
+  falseBy,
   simulatedSeconds: simMs / 1000,
   wallSeconds: secs,
 };
 process.stdout.write(
-  `sim: ${runs} seeds from ${opt.from} in ${secs.toFixed(1)} s (${(simMs / 1000).toFixed(0)} s simulated, ${steps} steps, ${connections} connections, ${promotions} promotions, ${falsePromotions} of them of a serving original): ${failures.length} violation(s)\n`,
+  `sim: ${runs} seeds from ${opt.from} in ${secs.toFixed(1)} s (${(simMs / 1000).toFixed(0)} s simulated, ${steps} steps, ${connections} connections, ${promotions} promotions, ${falsePromotions} of them of a serving original${falsePromotions > 0 ? ` ${JSON.stringify(falseBy)}` : ""}): ${failures.length} violation(s)\n`,
 );
 if (opt.json) writeFileSync(opt.json, JSON.stringify(summary, null, 2) + "\n");
 process.exit(failures.length > 0 ? 1 : 0);
