@@ -423,7 +423,17 @@ export class Proxy {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     if (next !== undefined) {
-      this.timer = setTimeout(() => this.tick(), Math.max(0, next - engineNow()));
+      // Through setImmediate: after a pause of this process (GC, a blocked event loop, a stop)
+      // the loop polls I/O once more first, so the capture backlog already waiting is handled
+      // before the engine's timers judge anyone's silence (the appliance's own pause must not
+      // count against the original).
+      this.timer = setTimeout(
+        () => {
+          this.timer = undefined;
+          this.flush();
+        },
+        Math.max(0, next - engineNow()),
+      );
     }
   }
 

@@ -392,7 +392,7 @@ export class ReplicationEngine {
     const report = this.splicer.promote(id, now);
     this.replicas.promote(id);
     this.promotions++;
-    this.detector.promoted(old, now, confirmedBy, reason, r.lastSrttMs);
+    this.detector.promoted(old, now, confirmedBy, reason, r.minRttMs);
     this.original = r.info.address;
     for (const c of this.table.forgetNat()) {
       // A refused connection on the replaced original: fenced with it, nothing carries it on.

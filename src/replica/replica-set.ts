@@ -22,6 +22,9 @@ export interface ReplicaRecord {
   buffered: number;
   rttSamples: number;
   lastSrttMs: number | undefined;
+  /** The smallest RTT sample of its shadows: the path's own delay, without queueing (a loaded
+   * replica's SRTT carries its service's queue). */
+  minRttMs: number | undefined;
   /** Promoted to original: it serves its spliced connections and gets no new shadows. */
   promoted: boolean;
 }
@@ -54,6 +57,7 @@ export class ReplicaSet {
       buffered: 0,
       rttSamples: 0,
       lastSrttMs: undefined,
+      minRttMs: undefined,
       promoted: false,
     };
     this.records.set(info.id, r);

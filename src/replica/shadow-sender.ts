@@ -363,6 +363,7 @@ export class ShadowSender {
     if (r) {
       r.rttSamples++;
       r.lastSrttMs = s.srttMs;
+      r.minRttMs = Math.min(r.minRttMs ?? Infinity, ms);
     }
   }
 

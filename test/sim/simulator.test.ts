@@ -7,13 +7,14 @@ import { runSeed } from "../../src/sim/run.js";
 import { Outbox } from "../../src/replica/outbox.js";
 import { Limits } from "../../src/replica/limits.js";
 import { CloseHold } from "../../src/replica/close-hold.js";
+import { OriginalEvidence } from "../../src/replica/failure/evidence.js";
 import type { TcpSegment } from "../../src/wire/tcp.js";
 
 /** Seeds 1..CI_SEEDS run on every CI run (~40 s on the 2-core machine, alone). */
 const CI_SEEDS = 48;
 /** Seeds that found a bug when it was there (docs/PROGRESS.md, session 7). */
 const FOUND = [
-  2, 8, 19, 21, 22, 56, 114, 119, 122, 127, 211, 212, 241, 278, 288, 306, 332, 440, 625, 730, 938, 993,
+  2, 8, 19, 21, 22, 49, 56, 114, 119, 122, 127, 211, 212, 241, 278, 288, 306, 332, 440, 625, 730, 938, 993,
 ];
 
 t.test(
@@ -129,6 +130,20 @@ t.test("the simulator catches a close released while the replicas keep the conne
       const v = firstViolation(120);
       t.ok(v, "a violation is reported");
       t.match(v?.violation, /FIN|did not finish|nothing said so/, v?.violation ?? "");
+    },
+  );
+});
+
+t.test("the simulator catches a healthy original failed over for a short pause (issue 16)", async (t) => {
+  // The rule before issue 16: an unconfirmed stall failed over after 60 ms.
+  await planted(
+    OriginalEvidence.prototype,
+    "hangBudgetMs",
+    () => 60,
+    () => {
+      const v = firstViolation(60);
+      t.ok(v, "a violation is reported");
+      t.match(v?.violation, /failed over .* though its only trouble was pauses shorter than the hang budget/);
     },
   );
 });

@@ -515,3 +515,18 @@ t.test("the new original's probe deadline starts from its round trip as a replic
     `4 × its 16 ms RTT (${w.detector.thresholds().probeTimeoutMs} ms), not the LAN floor`,
   );
 });
+
+t.test(
+  "a suspected original that answers before any verdict is neither fenced nor failed over",
+  async (t) => {
+    const w = new World({ autoFailover: true }, ["r1"]);
+    const p = w.suspectOriginal(10, "the original stopped answering what the replicas answer");
+    for (const c of w.drain().probes) w.detector.probeResult(c.id, true, 11);
+    w.detector.probeResult(p.id, true, 12, "connected");
+    w.endTick(50);
+    w.drain();
+    t.equal(w.fences, 0, "not fenced");
+    t.same(w.promotions, []);
+    t.same(w.failures(), []);
+  },
+);

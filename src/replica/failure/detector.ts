@@ -539,15 +539,17 @@ export class FailureDetector {
     now: number,
     confirmedBy: Confirmation | "switchover",
     reason: string,
-    srttMs?: number,
+    rttMs?: number,
   ): void {
     this.election.promoted();
     this.probes.forgetOriginal();
     this.evidence.reset();
     // The new original's round trip is known from its time as a replica: its first probes must
     // not get the LAN floor's deadline (simulator seed 22: a WAN replica promoted, 32 ms away,
-    // then failed over in turn because every probe "timed out" after 20 ms).
-    if (srttMs !== undefined) this.evidence.handshakeRtt(srttMs);
+    // then failed over in turn because every probe "timed out" after 20 ms). Its smallest RTT
+    // sample, not its SRTT: under load that carries the service's queue (CI: a 123 ms SRTT made
+    // the new original's probe deadline 1.5 s).
+    if (rttMs !== undefined) this.evidence.handshakeRtt(rttMs);
     this.lastPromotionAt = now;
     const address = formatIPv4(previous);
     const i = this.formers.findIndex((w) => w.addr === previous);
