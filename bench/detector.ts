@@ -10,12 +10,12 @@
 //              lab, a ping-pong client, `lab kill original --mode M`: detection and stall.
 //
 //   node dist/bench/detector.js [--rounds 30] [--failure-trials 10] [--out bench/results]
+import { spawn } from "node:child_process";
 import { parseArgs } from "node:util";
 import { machine, machineLine, writeResults } from "./report.js";
 import { trial, type Trial } from "./failover.js";
 import { labDown, labHiccup, labUp, type FaultMode, type HiccupKind, type LabState } from "../src/lab/lab.js";
 import { queryStats } from "../src/proxy/stats-client.js";
-import { runStatus } from "../src/sys/command.js";
 import { summarize, type Summary } from "../src/sys/stats.js";
 import { DEFAULT_HANG_BUDGET_MS } from "../src/replica/types.js";
 import { fileURLToPath } from "node:url";
@@ -41,25 +41,26 @@ interface HiccupRow {
   lastedMs: Summary;
 }
 
-/** A fresh lab under load: 20 INCR loops through the VIP for as long as the lab lives. */
-async function loadedLab(name: string): Promise<{ lab: LabState; load: Promise<unknown> }> {
+/** A fresh lab under load: 20 INCR loops through the VIP until `stop` (SIGKILL; `ip netns exec`
+ * execs the loops' process, so the pid is theirs). */
+async function loadedLab(name: string): Promise<{ lab: LabState; stop: () => Promise<void> }> {
   const lab = await labUp({ name, replicas: 2, service: "redis", autoFailover: true });
-  const load = runStatus(
-    [
-      "ip",
-      "netns",
-      "exec",
-      lab.topology.client.namespace,
-      process.execPath,
-      INCR,
-      lab.topology.appliance.vip,
-      "20",
-      "86400",
-    ],
-    { timeoutMs: 86_400_000 },
+  const t = lab.topology;
+  const child = spawn(
+    "ip",
+    ["netns", "exec", t.client.namespace, process.execPath, INCR, t.appliance.vip, "20", "86400"],
+    { stdio: "ignore" },
   );
+  const exited = new Promise((r) => child.once("exit", r));
   await new Promise((r) => setTimeout(r, 1000));
-  return { lab, load };
+  return {
+    lab,
+    stop: async () => {
+      child.kill("SIGKILL");
+      await exited;
+      await labDown(name);
+    },
+  };
 }
 
 async function hiccups(rounds: number, rng: () => number): Promise<HiccupRow[]> {
@@ -82,7 +83,7 @@ async function hiccups(rounds: number, rng: () => number): Promise<HiccupRow[]> 
         if (stats.engine.failures.promotions > promotions) {
           failovers.set(key(h), (failovers.get(key(h)) ?? 0) + 1);
           process.stderr.write(`round ${round + 1}: ${key(h)} failed the original over; a fresh lab\n`);
-          await labDown(current.lab.topology.name);
+          await current.stop();
           n++;
           current = await loadedLab(name());
           promotions = 0;
@@ -91,8 +92,7 @@ async function hiccups(rounds: number, rng: () => number): Promise<HiccupRow[]> 
       process.stderr.write(`hiccups: round ${round + 1}/${rounds} done\n`);
     }
   } finally {
-    await labDown(current.lab.topology.name);
-    await current.load.catch(() => undefined);
+    await current.stop();
   }
   return HICCUPS.map((h) => {
     const samples = lasted.get(key(h)) ?? [];
