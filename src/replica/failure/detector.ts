@@ -430,9 +430,10 @@ export class FailureDetector {
       // loaded machine, a WAN replica whose deadline is its round trip plus 10 ms).
       this.probes.counters.unknown++;
       const address = isOriginal ? this.original() : candidate?.info.address;
-      const timeoutMs = isOriginal
-        ? p.timeoutMs
-        : Math.max(PATIENT_REPLICA_PROBE_FACTOR * p.timeoutMs, PATIENT_REPLICA_PROBE_MIN_MS);
+      // The original's periodic probe is no more urgent than a replica's (no client is waiting on
+      // it), and its deadline may be the LAN floor on a path it never measured (simulator seed
+      // 616: a WAN replica switched over, its first periodic probes timed out twice at 20 ms).
+      const timeoutMs = Math.max(PATIENT_REPLICA_PROBE_FACTOR * p.timeoutMs, PATIENT_REPLICA_PROBE_MIN_MS);
       if (candidate && p.reason.endsWith(CANDIDATE)) {
         // A candidate silent within the election's short deadline is not promoted (a silently
         // dying replica must never be): it is passed over at once (the next best is asked).
