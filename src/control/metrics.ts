@@ -228,6 +228,7 @@ export class Metrics {
       [{ source: "client" }, p.client],
       [{ source: "original" }, p.original],
       [{ source: "nat_syn" }, p.natSyn],
+      [{ source: "nat_inferred" }, p.natInferred],
       [{ source: "replica" }, p.replica],
       [{ source: "unmatched" }, p.unmatched],
       [{ source: "not_from_original" }, p.notFromOriginal],

@@ -3,7 +3,7 @@
 // conversations; the original's segments that arrive before the NATed SYN naming their port (the
 // two capture channels are not ordered with each other) wait here, bounded. Segments that belong
 // to nothing are counted by reason.
-import type { TcpSegment } from "../wire/tcp.js";
+import { ACK, SYN, type TcpSegment } from "../wire/tcp.js";
 import { assert } from "./assert.js";
 import { ReplicatedConnection } from "./connection.js";
 import { copyOptions } from "./offsets.js";
@@ -33,6 +33,8 @@ export class ConnectionTable {
   private readonly conns = new Map<number, ReplicatedConnection>();
   private readonly byNatPort = new Map<number, ReplicatedConnection>();
   private readonly byShadowPort = new Map<number, ReplicatedConnection>();
+  /** Connections whose NAT port no NATed SYN has named yet (see bindByAck). */
+  private readonly awaitingNat = new Set<ReplicatedConnection>();
   /** Original's segments for a NAT port not bound yet (channel skew), by port. */
   private readonly unbound = new Map<number, Array<{ seg: TcpSegment; at: number }>>();
   private unboundCount = 0;
@@ -51,6 +53,8 @@ export class ConnectionTable {
   private readonly orphans = new Set<number>();
   /** Refused connections forgotten at the bound: their closes can no longer be passed on. */
   passthroughEvicted = 0;
+  /** NAT ports learnt from the original's acknowledgements (their NATed SYN lost to capture). */
+  natInferred = 0;
   private nextPort: number;
   /** Segments that belong to no conversation the engine follows, in all and by reason. */
   unmatched = 0;
@@ -94,7 +98,10 @@ export class ConnectionTable {
     assert(!this.conns.has(conn.key), `table: ${conn.id} added twice`);
     this.conns.set(conn.key, conn);
     const nat = this.pendingNat.get(conn.clientIsn);
-    if (nat === undefined) return [];
+    if (nat === undefined) {
+      this.awaitingNat.add(conn);
+      return [];
+    }
     this.pendingNat.delete(conn.clientIsn);
     return this.bindNat(conn, nat);
   }
@@ -122,10 +129,37 @@ export class ConnectionTable {
       this.passThrough(seg.srcPort, refused);
       return undefined;
     }
+    // Late (the other channel was behind): the original's acknowledgement bound it already.
+    if (this.byNatPort.get(seg.srcPort)?.clientIsn === seg.seq) return undefined;
     // Bounded; the oldest entry goes first. SYNs from the appliance's own address that are not the
     // kernel path's (its probes) land here too and must not push out a real binding all at once.
     if (this.pendingNat.size >= MAX_PENDING_NAT) this.pendingNat.delete(this.pendingNat.keys().next().value!);
     this.pendingNat.set(seg.seq, seg.srcPort);
+    return undefined;
+  }
+
+  /**
+   * The original's segment on a port no NATed SYN named: if it acknowledges the client's
+   * sequence space of a connection still waiting for its NAT port (a SYN-ACK acknowledges its
+   * client's ISN + 1; later segments at most its bytes, SYN and FIN), that port is the
+   * connection's. The NATed SYN travels once and the capture can lose it; without this, every
+   * segment of the original on that connection, its FIN included, expired unheard and the client
+   * waited for a close only the engine releases (found by the simulator, seed 994). ISNs are
+   * random 32-bit numbers, so an acknowledgement inside another connection's few bytes is
+   * as unlikely as a wrong guess of its ISN; the appliance's own probes acknowledge their own.
+   */
+  bindByAck(
+    seg: TcpSegment,
+  ): { conn: ReplicatedConnection; replay: Array<{ seg: TcpSegment; at: number }> } | undefined {
+    if (!(seg.flags & ACK)) return undefined;
+    for (const conn of this.awaitingNat) {
+      const d = (seg.ack - conn.clientIsn) >>> 0;
+      const span = seg.flags & SYN ? 1 : conn.client.end + 2;
+      if (d >= 1 && d <= span) {
+        this.natInferred++;
+        return { conn, replay: this.bindNat(conn, seg.dstPort) };
+      }
+    }
     return undefined;
   }
 
@@ -203,6 +237,8 @@ export class ConnectionTable {
 
   private bindNat(conn: ReplicatedConnection, port: number): Array<{ seg: TcpSegment; at: number }> {
     this.dropPassthrough(port); // the port is a tracked connection's now
+    conn.onReplacedOriginal = false; // its kernel path goes to the current original
+    this.awaitingNat.delete(conn);
     const old = this.byNatPort.get(port);
     if (old && old !== conn) old.natPort = undefined;
     conn.natPort = port;
@@ -228,7 +264,11 @@ export class ConnectionTable {
 
   forgetNat(): ClientEnd[] {
     this.pendingNat.clear();
-    for (const c of this.byNatPort.values()) c.natPort = undefined;
+    for (const c of this.byNatPort.values()) {
+      c.natPort = undefined;
+      // Unanswered: its retransmitted SYN goes to the new original, from a port to learn again.
+      if (c.phase === "syn") this.awaitingNat.add(c);
+    }
     this.byNatPort.clear();
     // Refused connections to the old original are fenced with it: nothing carries them on, and
     // their clients would retransmit into the fence (found by the simulator, seed 211). Their
@@ -311,6 +351,7 @@ export class ConnectionTable {
 
   delete(conn: ReplicatedConnection): void {
     this.conns.delete(conn.key);
+    this.awaitingNat.delete(conn);
     if (conn.natPort !== undefined && this.byNatPort.get(conn.natPort) === conn)
       this.byNatPort.delete(conn.natPort);
     if (conn.port !== undefined && this.byShadowPort.get(conn.port) === conn)
@@ -325,6 +366,11 @@ export class ConnectionTable {
     assert(held === this.unboundCount, `table: unbound count ${this.unboundCount}, held ${held}`);
     assert(held <= MAX_UNBOUND, "table: unbound hold beyond its limit");
     assert(this.pendingNat.size <= MAX_PENDING_NAT, "table: pending NAT beyond its limit");
+    for (const c of this.awaitingNat)
+      assert(
+        c.natPort === undefined && this.conns.get(c.key) === c,
+        `table: ${c.id} awaits a NAT port it has`,
+      );
     for (const [port, c] of this.byNatPort)
       assert(
         c.natPort === port && this.conns.get(c.key) === c,

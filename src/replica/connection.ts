@@ -24,7 +24,13 @@ export class ReplicatedConnection {
   phase: Phase = "syn";
   readonly client: ByteStream;
   clientFinOffset: number | undefined;
+  /** When the client's FIN (or its latest retransmission) was captured. */
+  clientFinAt: number | undefined;
+  /** When the original's FIN (or its latest retransmission) was captured. */
+  originalFinAt: number | undefined;
   clientRst = false;
+  /** Its kernel path's SYN went to an original just replaced (see Engine.onStaleNatSyn). */
+  onReplacedOriginal = false;
   /** Original reply stream units the client acknowledged (data bytes, +1 for the FIN). */
   clientAckOffset = 0;
   lastClientWindow: number;

@@ -56,6 +56,9 @@ export { ReplicatedConnection } from "./connection.js";
 /** How long a closed connection waits for replicas that have every byte to close it too. */
 export const SHADOW_CLOSE_MS = 60_000;
 
+/** Replaced originals whose kernel path SYNs are recognised (onStaleNatSyn), at most. */
+const MAX_REPLACED = 16;
+
 /** How far (bytes) a segment of the original may be from where its connection is. */
 const FOREIGN_WINDOW = 64 * 1024 * 1024;
 
@@ -83,6 +86,8 @@ export class ReplicationEngine {
   private promotions = 0;
   /** The current original (it changes when a replica is promoted). */
   private original: number;
+  /** Originals replaced by a promotion, newest last (at most MAX_REPLACED; see onStaleNatSyn). */
+  private readonly replaced: number[] = [];
 
   private readonly counters = {
     client: 0,
@@ -95,6 +100,7 @@ export class ReplicationEngine {
     halfOpenExpired: 0,
     closesPassedThrough: 0,
     orphansReset: 0,
+    raceReset: 0,
     clientBytes: 0,
     originalBytes: 0,
   };
@@ -237,6 +243,13 @@ export class ReplicationEngine {
         this.counters.natSyn++;
         this.onNatSyn(seg, now);
       }
+    } else if (
+      seg.src === c.snatAddress &&
+      seg.dstPort === c.port &&
+      (seg.flags & (SYN | ACK)) === SYN &&
+      this.replaced.includes(seg.dst)
+    ) {
+      this.onStaleNatSyn(seg);
     } else if (seg.dst === c.snatAddress && seg.srcPort === c.port) {
       // A fenced former original (a dying kernel retransmitting its FIN, say) or a probe's answer:
       // nothing it sends may reach a client or count as the current original's activity.
@@ -305,6 +318,12 @@ export class ReplicationEngine {
         if (s.rtoDeadline === undefined) continue;
         if (now >= s.rtoDeadline) this.onRto(conn, s, now);
         if (s.rtoDeadline !== undefined) want(s.rtoDeadline);
+      }
+      const finAck = this.lifecycle.finAckWait(conn);
+      if (finAck !== undefined) {
+        this.lifecycle.checkDone(conn, now);
+        // Past it, the server's side is what is missing: its segment will call checkDone.
+        if (conn.phase === "open" && finAck > now) want(finAck);
       }
       if (conn.phase === "closed" && conn.closedAt !== undefined) {
         // A replica that has every byte but has not closed yet (its application is slow, or
@@ -394,6 +413,13 @@ export class ReplicationEngine {
     this.promotions++;
     this.detector.promoted(old, now, confirmedBy, reason, r.minRttMs);
     this.original = r.info.address;
+    this.replaced.splice(
+      0,
+      this.replaced.length,
+      ...this.replaced.filter((a) => a !== old && a !== this.original),
+    );
+    this.replaced.push(old);
+    if (this.replaced.length > MAX_REPLACED) this.replaced.shift();
     for (const c of this.table.forgetNat()) {
       // A refused connection on the replaced original: fenced with it, nothing carries it on.
       // Reset where its client expects the next byte (a client waiting for data sends nothing).
@@ -434,6 +460,7 @@ export class ReplicationEngine {
         client: k.client,
         original: k.original,
         natSyn: k.natSyn,
+        natInferred: this.table.natInferred,
         replica: k.replica,
         unmatched: this.table.unmatched,
         unmatchedBy: { ...this.table.unmatchedBy },
@@ -444,10 +471,12 @@ export class ReplicationEngine {
         active: this.table.size,
         opened: k.opened,
         closed: this.lifecycle.closed,
+        finAckInferred: this.lifecycle.finAckInferred,
         notReplicated: k.notReplicated,
         halfOpenExpired: k.halfOpenExpired,
         closesPassedThrough: k.closesPassedThrough,
         orphansReset: k.orphansReset,
+        promotionRaceReset: k.raceReset,
         passthroughEvicted: this.table.passthroughEvicted,
       },
       clientBytes: k.clientBytes,
@@ -596,6 +625,12 @@ export class ReplicationEngine {
 
     if (seg.flags & ACK) {
       if (conn.originalIsn === undefined) conn.originalIsn = seqAdd(seg.ack, -1);
+      if (conn.phase === "syn" && conn.onReplacedOriginal && conn.natPort === undefined) {
+        this.counters.raceReset++;
+        this.splicer.resetClient(conn);
+        this.lifecycle.markClosed(conn, now);
+        return;
+      }
       if (conn.phase === "syn") {
         this.passiveRtt.clientHandshakeAck(conn, now);
         this.openShadows(conn, now);
@@ -633,6 +668,7 @@ export class ReplicationEngine {
       if (conn.client.end > conn.originalAckOffset) conn.unackedSince ??= now;
       if (seg.flags & FIN && conn.clientFinOffset === undefined)
         conn.clientFinOffset = off + seg.payload.length;
+      if (seg.flags & FIN) conn.clientFinAt = now;
     }
 
     if (conn.spliced && !conn.resetting) {
@@ -664,6 +700,19 @@ export class ReplicationEngine {
     for (const w of bound.replay) this.onOriginal(w.seg, w.at);
   }
 
+  /**
+   * The kernel path's SYN toward an original just replaced: the client's SYN came between the
+   * promotion and the nft transaction that points new connections at the new original (a few
+   * milliseconds). Its conntrack entry may stay on the fenced original for good (established
+   * before the retarget), where nothing answers it: such a connection is reset at its handshake
+   * (found by the simulator, seed 1242: a client waited for good on a fenced original). A
+   * retransmitted SYN that reaches the new original binds it again (natSyn) and clears this.
+   */
+  private onStaleNatSyn(seg: TcpSegment): void {
+    for (const conn of this.table.values())
+      if (conn.phase === "syn" && conn.clientIsn === seg.seq) conn.onReplacedOriginal = true;
+  }
+
   private openShadows(conn: ReplicatedConnection, now: number): void {
     conn.phase = "open";
     this.counters.opened++;
@@ -686,7 +735,7 @@ export class ReplicationEngine {
   // ------------------------------------------------------------------ original side
 
   private onOriginal(seg: TcpSegment, now: number): void {
-    const conn = this.table.byNat(seg.dstPort);
+    let conn = this.table.byNat(seg.dstPort);
     // A SYN-ACK on a passed-through port is a new connection's (its NATed SYN not handled yet):
     // the port is no longer the old one's.
     if (!conn && seg.flags & SYN) this.table.synAckOn(seg.dstPort, seg.ack);
@@ -700,10 +749,15 @@ export class ReplicationEngine {
       return;
     }
     if (!conn) {
-      // The NATed SYN that names this port travels on another capture channel and may not have
-      // been handled yet: keep the segment a moment and replay it when the binding arrives.
-      this.table.holdUnbound(seg, now);
-      return;
+      const bound = this.table.bindByAck(seg);
+      if (!bound) {
+        // The NATed SYN that names this port travels on another capture channel and may not have
+        // been handled yet: keep the segment a moment and replay it when the binding arrives.
+        this.table.holdUnbound(seg, now);
+        return;
+      }
+      for (const w of bound.replay) this.onOriginal(w.seg, w.at);
+      conn = bound.conn;
     }
     if (this.foreign(conn, seg)) {
       this.counters.notFromOriginal++;
@@ -779,6 +833,7 @@ export class ReplicationEngine {
       const kind = seg.flags & RST ? "rst" : "fin";
       if (kind === "fin" && conn.originalFinOffset === undefined)
         conn.originalFinOffset = off + seg.payload.length;
+      if (kind === "fin") conn.originalFinAt = now;
       this.closeHold.onOriginalClose(conn, kind, this.clientView(conn, seg), now);
     }
     this.gaps.check(conn, now);

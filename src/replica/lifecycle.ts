@@ -10,9 +10,21 @@ import type { ReplicaSet } from "./replica-set.js";
 import type { ShadowConversation } from "./shadow.js";
 import type { ShadowSender } from "./shadow-sender.js";
 
+/**
+ * How long after the last FIN of one side a connection whose only missing piece is the other
+ * side's acknowledgement of that FIN is taken as over. That ACK is a bare segment sent once: the
+ * capture can lose it, and nothing follows it (found by the simulator: seed 994, the original's
+ * ACK of the client's FIN; seed 1553, the client's ACK of the original's FIN; the engine held
+ * the connection for good). A peer whose FIN was really not acknowledged retransmits it within
+ * its RTO (Linux: 200 ms at least, 1 s before an RTT sample), which restarts this wait.
+ */
+export const FIN_ACK_GRACE_MS = 3000;
+
 export class Lifecycle {
   /** Connections that were open and were deleted. */
   closed = 0;
+  /** Connections taken as over without seeing the original acknowledge the client's FIN. */
+  finAckInferred = 0;
 
   constructor(
     private readonly table: ConnectionTable,
@@ -157,7 +169,36 @@ export class Lifecycle {
     // of what the engine can do (found by the simulator, seed 56: such a connection stayed open
     // in the table for good). Later closes still reach the client (deleteConnection).
     const untrackable = conn.captureGap && ![...conn.shadows.values()].some((s) => s.live);
-    if ((clientDone || untrackable) && serverDone) this.markClosed(conn, now);
+    if ((clientDone || untrackable) && serverDone) return this.markClosed(conn, now);
+    const wait = this.finAckWait(conn);
+    if (wait !== undefined && now >= wait) {
+      this.finAckInferred++;
+      this.markClosed(conn, now);
+    }
+  }
+
+  /**
+   * When an open connection that lacks only the acknowledgement of a FIN (FIN_ACK_GRACE_MS), one
+   * side's or both, is over; undefined if it waits for anything else.
+   */
+  finAckWait(conn: ReplicatedConnection): number | undefined {
+    if (conn.phase !== "open" || conn.spliced) return undefined;
+    const held = conn.held;
+    const serverFin = held?.released === true && held.kind === "fin" && conn.originalFinOffset !== undefined;
+    const serverDone = serverFin && conn.clientAckOffset >= conn.originalFinOffset! + 1;
+    const serverAckLost = serverFin && conn.clientAckOffset === conn.originalFinOffset;
+    const clientFin = conn.clientFinReady && conn.clientFinOffset !== undefined;
+    const clientDone = clientFin && conn.originalAckOffset >= conn.clientFinOffset! + 1;
+    const clientAckLost = clientFin && conn.originalAckOffset === conn.clientFinOffset;
+    const untrackable = conn.captureGap && ![...conn.shadows.values()].some((s) => s.live);
+    if (!(serverDone || serverAckLost) || !(clientDone || clientAckLost || untrackable)) return undefined;
+    if (!serverAckLost && !clientAckLost) return undefined;
+    // A side's FIN time unknown (never captured): nothing to count from.
+    const since = Math.max(
+      serverAckLost ? (conn.originalFinAt ?? Infinity) : 0,
+      clientAckLost ? (conn.clientFinAt ?? Infinity) : 0,
+    );
+    return since === Infinity ? undefined : since + FIN_ACK_GRACE_MS;
   }
 
   /** The client reused its port: the old connection is over. */

@@ -265,6 +265,8 @@ export interface EngineStats {
     client: number;
     original: number;
     natSyn: number;
+    /** NAT ports learnt from the original's acknowledgements (their NATed SYN lost to capture). */
+    natInferred: number;
     replica: number;
     unmatched: number;
     /** `unmatched` by reason: foreign-flow, client-unknown-connection, original-unbound-full,
@@ -279,6 +281,8 @@ export interface EngineStats {
     active: number;
     opened: number;
     closed: number;
+    /** Closed without seeing the original acknowledge the client's FIN (lost to capture). */
+    finAckInferred: number;
     notReplicated: number;
     halfOpenExpired: number;
     /** FIN/RST of connections not replicated (the table was full) passed on to their clients. */
@@ -287,6 +291,9 @@ export interface EngineStats {
     passthroughEvicted: number;
     /** Not-replicated connections on a replaced original, reset toward their client. */
     orphansReset: number;
+    /** Connections opened while a promotion's kernel update was under way, whose kernel path
+     * went to the replaced original: reset toward their client at their handshake. */
+    promotionRaceReset: number;
   };
   clientBytes: number;
   originalBytes: number;

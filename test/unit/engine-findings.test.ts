@@ -5,6 +5,7 @@
 import t from "tap";
 import { MAX_PASSTHROUGH } from "../../src/replica/connection-table.js";
 import { ReplicationEngine, SHADOW_CLOSE_MS, toSeq } from "../../src/replica/engine.js";
+import { FIN_ACK_GRACE_MS } from "../../src/replica/lifecycle.js";
 import { HTTP_DATE_CONTEXT } from "../../src/replica/reply-mask.js";
 import { MAX_SPLICE_BACKOFFS, RESET_RESENDS } from "../../src/replica/splice.js";
 import {
@@ -1207,3 +1208,115 @@ t.test(
     );
   },
 );
+
+t.test("an original whose NATed SYN the capture lost is followed from its acknowledgements", async (t) => {
+  // Found by the simulator (seed 994): the kernel path's SYN toward the original names the NAT
+  // port of a connection and travels once; lost to capture, every segment of the original on
+  // that port (its FIN too) expired unheard, and the client waited for a close only the engine
+  // releases.
+  const a = new Appliance(["r1"]);
+  const f = new Flow(a);
+  f.syn();
+  f.synAck(); // no NATed SYN: its port is learnt from this SYN-ACK's acknowledgement
+  f.client("");
+  f.replicaSynAck("r1", 70_000);
+  f.client("q");
+  f.original("a");
+  f.replica("r1", 0, "a", 1);
+  const conn = a.engine.connection(CLIENT, CPORT)!;
+  t.equal(conn.natPort, CPORT, "the port is the connection's");
+  t.equal(conn.original.end, 1, "the original's reply is captured");
+  t.equal(conn.shadows.get("r1")!.compared, 1, "and compared with the replica's");
+  t.equal(a.engine.stats().packets.natInferred, 1, "counted");
+  f.replica("r1", 1, "", 1, FIN | ACK);
+  const fin = a.toClient(f.original("", { flags: FIN | ACK }));
+  t.same(
+    fin.map((s) => s.flags & FIN),
+    [FIN],
+    "its FIN reaches the client once the replica closed alike",
+  );
+  // A SYN-ACK acknowledging another ISN (the appliance's own probe, say) binds nothing.
+  const b = new Flow(a, CPORT + 1, 2000, 8000);
+  b.syn();
+  b.natPort = 41_000;
+  a.feed(
+    seg({ src: ORIGINAL, dst: SNAT, srcPort: PORT, dstPort: 41_000, seq: 1, ack: 555, flags: SYN | ACK }),
+  );
+  t.equal(a.engine.connection(CLIENT, CPORT + 1)!.natPort, undefined, "a stranger's answer binds nothing");
+  t.equal(a.engine.stats().packets.natInferred, 1, "nothing more inferred");
+});
+
+t.test("a connection that lacks only the acknowledgement of a FIN is over after a grace", async (t) => {
+  // Found by the simulator (seeds 994, 1553): the ACK of the last FIN is a bare segment sent once;
+  // lost to capture, the engine held a connection that was over on both sides for good.
+  for (const lost of ["original's ACK of the client's FIN", "client's ACK of the original's FIN"]) {
+    const { a, f } = answered();
+    f.replica("r1", 1, "", 1, FIN | ACK);
+    const conn = a.engine.connection(CLIENT, CPORT)!;
+    if (lost.startsWith("original")) {
+      f.original("", { flags: FIN | ACK }); // released: the replica closed alike
+      f.client("", { ack: 2 });
+      f.client("", { flags: FIN | ACK, ack: 2 }); // its ACK from the original never captured
+    } else {
+      f.client("", { flags: FIN | ACK, ack: 1 });
+      f.original("", { flags: FIN | ACK }); // acknowledges the client's FIN too
+      // the client's ACK of it never captured
+    }
+    t.ok(conn.held?.released, `${lost}: the original's FIN went to the client`);
+    const start = a.now;
+    a.tick(start + FIN_ACK_GRACE_MS - 1);
+    t.equal(conn.phase, "open", `${lost}: open within the grace`);
+    t.equal(a.next, start + FIN_ACK_GRACE_MS, `${lost}: the engine asks to look again at its end`);
+    if (lost.startsWith("original")) {
+      // A retransmitted FIN says it was not acknowledged: the wait starts again.
+      f.client("", { flags: FIN | ACK, ack: 2, at: 1 });
+      a.tick(start + FIN_ACK_GRACE_MS);
+      t.equal(conn.phase, "open", `${lost}: a retransmitted FIN restarts the wait`);
+      a.tick(a.now + FIN_ACK_GRACE_MS);
+    } else {
+      a.tick(start + FIN_ACK_GRACE_MS);
+    }
+    t.equal(conn.phase, "closed", `${lost}: closed after the grace`);
+    t.equal(a.engine.stats().connections.finAckInferred, 1, `${lost}: counted`);
+  }
+  // Anything else missing (here: the client's FIN) is not inferred.
+  const { a, f } = answered();
+  f.replica("r1", 1, "", 1, FIN | ACK);
+  f.original("", { flags: FIN | ACK });
+  a.tick(a.now + 10 * FIN_ACK_GRACE_MS);
+  t.equal(
+    a.engine.connection(CLIENT, CPORT)!.phase,
+    "open",
+    "a connection whose client has not closed stays",
+  );
+  t.equal(a.engine.stats().connections.finAckInferred, 0, "nothing inferred");
+});
+
+t.test("a connection whose kernel path went to the original just replaced is reset", async (t) => {
+  // Found by the simulator (seed 1242): a client's SYN between a promotion and the nft update that
+  // points new connections at the new original went to the old one; established there before the
+  // update, its conntrack entry stayed on the fenced original, and the client waited for good.
+  const { a } = spliced();
+  const b = new Flow(a, CPORT + 1, 2000, 8000); // originalAt: the replaced original
+  b.syn();
+  b.natSyn();
+  b.synAck();
+  const rst = a.toClient(b.client(""), CPORT + 1);
+  t.same(
+    rst.map((s) => [s.flags & RST, s.seq]),
+    [[RST, toSeq(0, 8000)]],
+    "its handshake is answered with a reset where the client expects the next byte",
+  );
+  t.equal(a.engine.connection(CLIENT, CPORT + 1)!.phase, "closed", "and it is closed");
+  t.equal(a.engine.stats().connections.promotionRaceReset, 1, "counted");
+  // One whose retransmitted SYN reached the new original goes on as any other.
+  const c = new Flow(a, CPORT + 2, 3000, 9000);
+  c.syn();
+  c.natSyn(); // to the replaced original, unanswered there
+  c.originalAt = R1;
+  c.natSyn(); // the retransmission, after the update
+  c.synAck();
+  t.same(a.toClient(c.client(""), CPORT + 2), [], "nothing reset");
+  t.equal(a.engine.connection(CLIENT, CPORT + 2)!.phase, "open", "it opens");
+  t.equal(a.engine.stats().connections.promotionRaceReset, 1, "nothing more counted");
+});

@@ -9,6 +9,7 @@ import type { ReplicatedConnection } from "../../src/replica/connection.js";
 import type { ShadowConversation } from "../../src/replica/shadow.js";
 import { ACK, FIN, RST } from "../../src/wire/tcp.js";
 import { EngineParts, R1, fromService } from "../engine-parts.js";
+import { FIN_ACK_GRACE_MS } from "../../src/replica/lifecycle.js";
 
 class Rig extends EngineParts {
   constructor() {
@@ -216,6 +217,8 @@ function closing(
     held?: { kind: "fin" | "rst"; released: boolean };
     originalFin?: number;
     clientAck?: number;
+    clientFinAt?: number;
+    originalFinAt?: number;
   },
 ): ReplicatedConnection {
   const conn = rig.connection();
@@ -224,6 +227,8 @@ function closing(
   conn.originalAckOffset = o.originalAck ?? 0;
   conn.originalFinOffset = o.originalFin;
   conn.clientAckOffset = o.clientAck ?? 0;
+  conn.clientFinAt = o.clientFinAt;
+  conn.originalFinAt = o.originalFinAt;
   if (o.held) {
     const segment = fromService(conn.clientPort, { flags: ACK | FIN });
     conn.held = { ...o.held, segment, since: rig.now };
@@ -252,6 +257,27 @@ t.test("checkDone closes a connection only when both directions finished", async
       true,
     ],
     ["the original's reset still held", { ...done, held: { kind: "rst", released: false } }, false],
+    // The ACK of a FIN lost to capture: over FIN_ACK_GRACE_MS after the FIN was last seen.
+    [
+      "the client's FIN not acknowledged, FIN_ACK_GRACE_MS after it",
+      { ...done, originalAck: 10, clientFinAt: 5000 - FIN_ACK_GRACE_MS },
+      true,
+    ],
+    [
+      "the client's FIN not acknowledged, less than FIN_ACK_GRACE_MS after it",
+      { ...done, originalAck: 10, clientFinAt: 5001 - FIN_ACK_GRACE_MS },
+      false,
+    ],
+    [
+      "the original's FIN not acknowledged, FIN_ACK_GRACE_MS after it",
+      { ...done, clientAck: 20, originalFinAt: 5000 - FIN_ACK_GRACE_MS },
+      true,
+    ],
+    [
+      "the original's FIN not acknowledged by a client that has not closed",
+      { ...done, clientAck: 20, clientFin: undefined, originalFinAt: 0 },
+      false,
+    ],
   ];
   for (const [what, state, closes] of cases) {
     const rig = new Rig();
