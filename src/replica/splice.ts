@@ -92,7 +92,13 @@ export class Splicer {
           // SYN-SENT (RFC 9293 3.10.7.3), whose SYN retransmission reaches the new original.
           this.resetClient(conn);
           this.lifecycle.markClosed(conn, now);
-        } else if (conn.phase === "syn") this.lifecycle.deleteConnection(conn);
+        } else if (conn.phase === "syn") {
+          // Unanswered so far: its SYN retransmission may reach the new original (the binding
+          // clears this), or the old original's SYN-ACK may still slip through before the fence
+          // is in place, and its client's handshake then goes to a fenced host for good: it is
+          // reset then (simulator seed 287; see Engine.onStaleNatSyn).
+          conn.onReplacedOriginal = true;
+        }
         // A closed one lingers: its replicas finish closing it (see the engine's tick).
         report.dropped++;
         continue;

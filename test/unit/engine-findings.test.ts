@@ -1319,4 +1319,20 @@ t.test("a connection whose kernel path went to the original just replaced is res
   t.same(a.toClient(c.client(""), CPORT + 2), [], "nothing reset");
   t.equal(a.engine.connection(CLIENT, CPORT + 2)!.phase, "open", "it opens");
   t.equal(a.engine.stats().connections.promotionRaceReset, 1, "nothing more counted");
+  // Found by the simulator (seed 287): a client's SYN handled just before the promotion, whose
+  // SYN-ACK from the old original slipped through before the fence. It was dropped as half-open
+  // at the promotion, its handshake was then a stranger's, and the client waited for good.
+  const x = new Appliance(["r1"]);
+  const d = new Flow(x, CPORT + 3, 4000, 9500);
+  d.syn();
+  d.natSyn(); // toward the original, before the promotion
+  t.same(x.engine.promote("r1", x.now), { spliced: 0, reset: 0, dropped: 1 }, "half-open at the promotion");
+  x.take();
+  d.synAck(); // the replaced original's, before the fence
+  t.same(
+    x.toClient(d.client(""), CPORT + 3).map((s) => s.flags & RST),
+    [RST],
+    "its handshake is answered with a reset",
+  );
+  t.equal(x.engine.stats().connections.promotionRaceReset, 1, "counted");
 });
