@@ -23,6 +23,8 @@ export interface ClientEnd {
   isn: number;
   /** The client's latest acknowledgement seen (where it expects the next byte). */
   lastAck?: number;
+  /** The sequence number after the newest byte (or FIN) the original sent it, if seen. */
+  sentEnd?: number;
 }
 
 export function connectionKey(clientAddr: number, clientPort: number): number {

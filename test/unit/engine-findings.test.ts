@@ -1336,3 +1336,62 @@ t.test("a connection whose kernel path went to the original just replaced is res
   );
   t.equal(x.engine.stats().connections.promotionRaceReset, 1, "counted");
 });
+
+t.test("the reply stall is counted from when the original received the request", async (t) => {
+  // Found by the simulator (seed 801): a request lost twice on the original's link reached it 3 s
+  // after the replica had answered; the hang budget, counted from the replica's answer, failed the
+  // healthy original over 0.5 s after it got the request.
+  const failure = failureConfig({ probes: true, autoFailover: true, hangBudgetMs: 1000 });
+  const a = new Appliance(["r1"], { failure }, 0);
+  const f = new Flow(a);
+  f.open();
+  f.replicaSynAck("r1", 70_000);
+  f.client("q");
+  f.replica("r1", 0, "a", 1); // the replica answers at once; the original has not got "q"
+  const start = a.now;
+  /** Ticks each millisecond up to `end`, every probe answered alive (the kernel is). */
+  const until = (end: number) => {
+    for (let ms = a.now + 1; ms <= end; ms++) {
+      a.tick(ms);
+      for (const p of a.probes.splice(0)) a.engine.probeResult(p.id, true, a.now);
+      a.take();
+    }
+  };
+  until(start + 900);
+  f.original("", { ack: 1 }); // the client's retransmission got through: the request is acknowledged
+  until(start + 1800);
+  t.equal(a.engine.stats().failures.promotions, 0, "not failed over 1 s after the replica's answer");
+  until(start + 900 + 1000 + 5);
+  t.equal(
+    a.engine.stats().failures.promotions,
+    1,
+    "an original that does not answer a request it received fails over at the budget",
+  );
+  t.match(a.eventsOf("original-failure")[0], { confirmedBy: "hang budget" });
+});
+
+t.test("a refused connection's client is reset also at the end of what the original sent", async (t) => {
+  // Found by the simulator (seed 1194): a downloading client's latest ACK the engine saw was
+  // behind what it had received; the reset there was out of its window and dropped, and the
+  // client, fenced from its original, waited for data for good.
+  const a = new Appliance(["r1"], { limits: { ...DEFAULT_LIMITS, maxConnections: 1 } });
+  new Flow(a).open(); // the table is full from here on
+  const b = new Flow(a, CPORT + 1, 2000);
+  b.syn();
+  b.natSyn(50_001);
+  b.synAck();
+  b.client("GET", { ack: 0 });
+  b.original("12345");
+  b.client("", { ack: 5 });
+  b.original("67890"); // received by the client; its ACK not captured
+  a.engine.promote("r1", a.now);
+  t.same(
+    a.toClient(a.take(), CPORT + 1).map((s) => [s.flags, s.seq]),
+    [
+      [RST, toSeq(5, ORIGINAL_ISN)],
+      [RST, toSeq(10, ORIGINAL_ISN)],
+    ],
+    "at its latest ACK and at the end of what the original sent",
+  );
+  t.equal(a.engine.stats().connections.orphansReset, 1, "one connection counted");
+});
