@@ -40,6 +40,8 @@ export class ConnectionTable {
   /** Original's segments for a NAT port not bound yet (channel skew), by port. */
   private readonly unbound = new Map<number, Array<{ seg: TcpSegment; at: number }>>();
   private unboundCount = 0;
+  /** NATed SYNs toward a replaced original of connections not tracked (see staleSyn). */
+  private readonly staleSyns = new Set<number>();
   /** NATed SYNs seen before the client's SYN: client ISN -> NAT port. */
   private readonly pendingNat = new Map<number, number>();
   /**
@@ -137,6 +139,7 @@ export class ConnectionTable {
     // kernel path's (its probes) land here too and must not push out a real binding all at once.
     if (this.pendingNat.size >= MAX_PENDING_NAT) this.pendingNat.delete(this.pendingNat.keys().next().value!);
     this.pendingNat.set(seg.seq, seg.srcPort);
+    this.staleSyns.delete(seg.seq); // its retransmission reached the current original
     return undefined;
   }
 
@@ -165,6 +168,32 @@ export class ConnectionTable {
     return undefined;
   }
 
+  /**
+   * The kernel path's SYN of a refused connection went to an original just replaced (the nft
+   * race, see Engine.onStaleNatSyn): nothing will carry it on, so it is an orphan from now on
+   * (its client's next segment draws a RST) instead of waiting for a NAT port toward the
+   * current original that never comes (simulator seed 1817). True if there was one.
+   */
+  orphanRefused(clientIsn: number): boolean {
+    const c = this.refused.get(clientIsn);
+    if (!c) return false;
+    this.refused.delete(clientIsn);
+    if (this.orphans.size >= MAX_PASSTHROUGH) this.orphans.delete(this.orphans.keys().next().value!);
+    this.orphans.add(connectionKey(c.addr, c.port));
+    return true;
+  }
+
+  /**
+   * The kernel path's SYN toward an original just replaced, of a connection the engine does not
+   * track (its client's SYN lost to capture): remembered (bounded, oldest first) so that its
+   * client's handshake ACK makes it an orphan (adopt()) instead of an unknown connection left on
+   * a fenced host (simulator seed 2049).
+   */
+  staleSyn(clientIsn: number): void {
+    if (this.staleSyns.size >= MAX_PENDING_NAT) this.staleSyns.delete(this.staleSyns.values().next().value!);
+    this.staleSyns.add(clientIsn);
+  }
+
   /** A connection the table is too full to track: only its closes will be passed on. */
   refuse(clientIsn: number, client: ClientEnd): void {
     const nat = this.pendingNat.get(clientIsn);
@@ -189,6 +218,11 @@ export class ConnectionTable {
    */
   adopt(seg: TcpSegment): Array<{ seg: TcpSegment; at: number }> {
     const isn = (seg.seq - 1) >>> 0;
+    if (this.staleSyns.delete(isn)) {
+      if (this.orphans.size >= MAX_PASSTHROUGH) this.orphans.delete(this.orphans.keys().next().value!);
+      this.orphans.add(connectionKey(seg.src, seg.srcPort));
+      return [];
+    }
     const nat = this.pendingNat.get(isn);
     if (nat === undefined) return [];
     this.pendingNat.delete(isn);
@@ -265,6 +299,10 @@ export class ConnectionTable {
   }
 
   forgetNat(): ClientEnd[] {
+    // NATed SYNs toward the replaced original whose client's SYN was not seen: a handshake
+    // completed there is an orphan (simulator seed 2049: its SYN-ACK slipped through before the
+    // fence, and the client waited on a fenced host for good).
+    for (const isn of this.pendingNat.keys()) this.staleSyn(isn);
     this.pendingNat.clear();
     for (const c of this.byNatPort.values()) {
       c.natPort = undefined;
@@ -368,6 +406,7 @@ export class ConnectionTable {
     assert(held === this.unboundCount, `table: unbound count ${this.unboundCount}, held ${held}`);
     assert(held <= MAX_UNBOUND, "table: unbound hold beyond its limit");
     assert(this.pendingNat.size <= MAX_PENDING_NAT, "table: pending NAT beyond its limit");
+    assert(this.staleSyns.size <= MAX_PENDING_NAT, "table: stale SYNs beyond their limit");
     for (const c of this.awaitingNat)
       assert(
         c.natPort === undefined && this.conns.get(c.key) === c,

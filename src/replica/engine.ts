@@ -710,8 +710,14 @@ export class ReplicationEngine {
    * retransmitted SYN that reaches the new original binds it again (natSyn) and clears this.
    */
   private onStaleNatSyn(seg: TcpSegment): void {
+    if (this.table.orphanRefused(seg.seq)) return;
+    let tracked = false;
     for (const conn of this.table.values())
-      if (conn.phase === "syn" && conn.clientIsn === seg.seq) conn.onReplacedOriginal = true;
+      if (conn.phase === "syn" && conn.clientIsn === seg.seq) {
+        conn.onReplacedOriginal = true;
+        tracked = true;
+      }
+    if (!tracked) this.table.staleSyn(seg.seq);
   }
 
   private openShadows(conn: ReplicatedConnection, now: number): void {
@@ -987,6 +993,16 @@ export class ReplicationEngine {
           this.detector.suspectReplica(s, now, "fin", "closed a connection the original keeps open", conn);
       } else duplicate = true;
       this.closeHold.check(conn, now);
+    }
+    if (seg.payload.length === 0 && !(seg.flags & FIN) && off < s.reply.end) {
+      // A window probe (or a keepalive): one below what was acknowledged. A receiver answers it
+      // with an ACK carrying its window (RFC 9293 3.10.7.4). Spliced, the engine is the client's
+      // sender too: the client's window update may have been lost, so it probes the client's
+      // zero window in turn, at the replica's persist pace (found by the simulator, seed 1806: a
+      // download stopped for good at a zero window nobody probed).
+      s.ackOwed = true;
+      this.dirty.add(conn);
+      if (conn.spliced === s && conn.lastClientWindow === 0) this.splicer.probeClientWindow(conn);
     }
     if (seg.payload.length > 0 || seg.flags & FIN) {
       const ack = this.sender.ackFor(conn, s);

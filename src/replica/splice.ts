@@ -199,6 +199,13 @@ export class Splicer {
     if (behind > 0) conn.tsOffset = (conn.tsOffset + behind) >>> 0;
   }
 
+  /** A zero-window probe to a spliced connection's client: one below what it was sent draws
+   * an ACK with its window. */
+  probeClientWindow(conn: ReplicatedConnection): void {
+    if (!conn.spliced || conn.originalIsn === undefined || conn.resetting) return;
+    this.outbox.send(this.toClient(conn, toSeq(conn.sentToClient - 1, conn.originalIsn), 0), "client");
+  }
+
   /** An ACK to a spliced connection's client now (its segment brought nothing new). */
   ackClient(conn: ReplicatedConnection): void {
     if (!conn.spliced || conn.originalIsn === undefined) return;

@@ -1395,3 +1395,77 @@ t.test("a refused connection's client is reset also at the end of what the origi
   );
   t.equal(a.engine.stats().connections.orphansReset, 1, "one connection counted");
 });
+
+t.test("a refused connection whose kernel path went to the original just replaced is reset", async (t) => {
+  // Found by the simulator (seed 1817): a SYN the full table refused, between a switchover and its
+  // nft update, went to the old original; its NAT port toward the current original never came, so
+  // nothing passed on its close, and the client waited for good.
+  const a = new Appliance(["r1"], { limits: { ...DEFAULT_LIMITS, maxConnections: 1 } });
+  new Flow(a).open(); // the table is full from here on
+  a.engine.promote("r1", a.now);
+  a.take();
+  const b = new Flow(a, CPORT + 1, 2000, 8000); // originalAt: the replaced original
+  b.syn();
+  b.natSyn(50_001);
+  b.synAck();
+  t.same(
+    a.toClient(b.client(""), CPORT + 1).map((s) => [s.flags, s.seq]),
+    [[RST, toSeq(0, 8000)]],
+    "its handshake is answered with a reset where the client expects the next byte",
+  );
+  t.equal(a.engine.stats().connections.orphansReset, 1, "counted");
+});
+
+t.test("a replica's window probe is answered, and spliced, the client's zero window is probed", async (t) => {
+  // Found by the simulator (seed 1806): after a failover the client's window went to 0 and its
+  // window update was lost; the promoted replica's window probes drew nothing, nobody probed the
+  // client, and the download stopped for good.
+  const { a, f } = spliced();
+  a.toClient(f.replica("r1", 1, "b", 1));
+  a.toClient(f.client("", { ack: 2, window: 0 })); // the client read nothing more: window 0
+  const out = f.replica("r1", 1, "", 1); // r1's window probe: one below what it was acknowledged
+  const toR1 = out.filter((s) => s.dst === R1);
+  t.same(
+    toR1.map((s) => [s.ack, s.window]),
+    [[toSeq(2, 70_000), 0]],
+    "r1 is answered: what was acknowledged, window 0",
+  );
+  t.same(
+    a.toClient(out).map((s) => [s.flags, s.seq, s.payload.length]),
+    [[ACK, toSeq(1, ORIGINAL_ISN), 0]],
+    "the client gets a zero-window probe: one below what it was sent",
+  );
+  // Its answer opens the window: r1 hears of it.
+  const opened = f.client("", { ack: 2, window: 500 }).filter((s) => s.dst === R1);
+  t.ok(opened.length > 0 && opened.every((s) => s.window > 0), "the window update reaches r1");
+});
+
+t.test("an untracked connection whose handshake completed on a replaced original is reset", async (t) => {
+  // Found by the simulator (seeds 2049, and 1817 for a refused one): the client's SYN was lost to
+  // capture, the kernel path's SYN went to the original just before a promotion, and its SYN-ACK
+  // slipped through before the fence: the client waited on a fenced host for good.
+  for (const when of ["before", "after"]) {
+    const a = new Appliance(["r1"]);
+    const b = new Flow(a, CPORT + 1, 2000, 8000);
+    if (when === "before") b.natSyn(); // no client SYN captured
+    a.engine.promote("r1", a.now);
+    a.take();
+    if (when === "after") b.natSyn(); // toward the replaced original: the nft update not applied yet
+    b.synAck(); // the replaced original's (not the current original's: ignored)
+    t.same(
+      a.toClient(b.client(""), CPORT + 1).map((s) => [s.flags, s.seq]),
+      [[RST, toSeq(0, 8000)]],
+      `NATed SYN ${when} the promotion: the handshake is answered with a reset`,
+    );
+  }
+  // One whose SYN retransmission reached the new original is not.
+  const a = new Appliance(["r1"]);
+  const c = new Flow(a, CPORT + 2, 3000, 9000);
+  c.natSyn();
+  a.engine.promote("r1", a.now);
+  a.take();
+  c.originalAt = R1;
+  c.natSyn();
+  c.synAck();
+  t.same(a.toClient(c.client(""), CPORT + 2), [], "passed through, not reset");
+});
