@@ -56,12 +56,20 @@ export interface FailureTuning {
   probeIntervalMs: number;
 }
 
-const FAILURE_DEFAULTS: FailureTuning = {
+/**
+ * The shipped defaults. The suspicion (2 ms) and probe deadline (3 ms) floors are what a link or
+ * host failure costs before the probe's verdict (issue 16: stall p50 <= 10 ms); both rise with
+ * the original's measured handshake RTT and its spread (OriginalEvidence), so a slow or jittery
+ * original (a VM with steal time) gets a longer deadline by itself. Measured side by side with
+ * the hiccups they must survive: bench/results/detector-2026-12-06T10-46-00-303Z.md (0 failovers
+ * in 300 hiccups of a healthy original; with 3/5 ms, detector-2026-12-06T08-12-46-375Z.md).
+ */
+export const FAILURE_DEFAULTS: FailureTuning = {
   closeMismatchMs: 2,
-  stallSuspectMs: 3,
+  stallSuspectMs: 2,
   hangBudgetMs: DEFAULT_HANG_BUDGET_MS,
   hysteresisMs: DEFAULT_HYSTERESIS_MS,
-  probeTimeoutMs: 5,
+  probeTimeoutMs: 3,
   probeIntervalMs: 500,
 };
 

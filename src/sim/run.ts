@@ -20,6 +20,7 @@
 //                nor the appliance's own stalls (engine, capture) may count against it
 import { formatIPv4, parseIPv4 } from "../wire/ipv4.js";
 import { FIN, RST, type TcpSegment } from "../wire/tcp.js";
+import { FAILURE_DEFAULTS } from "../proxy/config.js";
 import { InvariantError } from "../replica/assert.js";
 import { defaultConfig, DEFAULT_LIMITS, type EngineConfig } from "../replica/types.js";
 import { Appliance, type CaptureTuning } from "./appliance.js";
@@ -269,7 +270,15 @@ export function runSeed(
   const config: EngineConfig = {
     ...base,
     limits: sc.limits,
-    failure: { ...base.failure, probeIntervalMs: 500, autoFailover: true, probes: true },
+    // The appliance's shipped detection floors (src/proxy/config.ts), not the engine's defaults.
+    failure: {
+      ...base.failure,
+      stallSuspectMs: FAILURE_DEFAULTS.stallSuspectMs,
+      probeTimeoutMs: FAILURE_DEFAULTS.probeTimeoutMs,
+      probeIntervalMs: FAILURE_DEFAULTS.probeIntervalMs,
+      autoFailover: true,
+      probes: true,
+    },
   };
   const names = ["original", ...Array.from({ length: sc.replicas }, (_, i) => `replica${i + 1}`)];
   const address = new Map(names.map((n, i) => [n, ORIGINAL + i]));
