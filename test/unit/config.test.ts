@@ -19,10 +19,10 @@ t.test("a valid config gets defaults", async (t) => {
   t.equal(parseProxyConfig({ ...good, limits: { maxConnections: 5 } }).limits.maxConnections, 5);
   t.same(c.failure, {
     closeMismatchMs: 2,
-    stallSuspectMs: 2,
+    stallSuspectMs: 3,
     hangBudgetMs: 1000,
     hysteresisMs: 10_000,
-    probeTimeoutMs: 3,
+    probeTimeoutMs: 5,
     probeIntervalMs: 500,
   });
   t.equal(c.healthCheck, undefined, "no health check unless configured");
